@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from llmrelay.testing.emulator import openai
+from llmrelay.testing.emulator import anthropic, openai
 from llmrelay.testing.emulator.recording import (
     RECORD_KEY,
     RECORDER_KEY,
@@ -65,6 +65,13 @@ async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+async def _list_models(request: web.Request) -> web.StreamResponse:
+    # OpenAI and Anthropic share the path; only Anthropic's SDK sends `anthropic-version`.
+    if "anthropic-version" in request.headers:
+        return await anthropic.list_models(request)
+    return await openai.list_models(request)
+
+
 def build_app() -> web.Application:
     """An app serving the OpenAI, Anthropic and Gemini emulators, with its own :class:`Recorder`.
 
@@ -74,6 +81,8 @@ def build_app() -> web.Application:
     app = web.Application(middlewares=[_record], client_max_size=64 * 1024 * 1024)
     app[RECORDER_KEY] = Recorder()
     openai.add_routes(app)
+    anthropic.add_routes(app)
+    app.router.add_get("/v1/models", _list_models)
     return app
 
 

@@ -371,6 +371,5 @@ async def list_models(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    """Mount the OpenAI endpoints on ``app``."""
+    """Mount the OpenAI endpoints on ``app`` (``GET /v1/models`` is shared; see ``app``)."""
     app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_get("/v1/models", list_models)
