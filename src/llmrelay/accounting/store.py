@@ -1,0 +1,224 @@
+"""Storage for keys and the ledger: one narrow protocol, one SQLAlchemy implementation.
+
+The same code and the same Alembic migrations serve SQLite (aiosqlite, the embedded default) and
+PostgreSQL (asyncpg). Nothing here runs on the request path except a key lookup on a cache miss.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import Any, Protocol
+
+from sqlalchemy import event, func, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from llmrelay.accounting import migrate
+from llmrelay.accounting.records import KeyRecord, LedgerRow
+from llmrelay.accounting.schema import api_keys, ledger
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def find_key(self, key_hash: str) -> KeyRecord | None: ...
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+    async def get_keys(self, key_ids: Sequence[str]) -> list[KeyRecord]: ...
+    async def list_keys(self) -> list[KeyRecord]: ...
+    async def count_admin_keys(self) -> int: ...
+    async def create_key(self, record: KeyRecord) -> None: ...
+    async def revoke_key(self, key_id: str) -> KeyRecord | None: ...
+    async def add_credits(self, key_id: str, nanos: int) -> KeyRecord | None: ...
+    async def write_ledger(self, rows: Sequence[LedgerRow]) -> None: ...
+    async def get_ledger_row(self, row_id: str) -> LedgerRow | None: ...
+    async def ledger_rows(
+        self, key_id: str | None, since: float | None, until: float | None, limit: int
+    ) -> list[LedgerRow]: ...
+    async def usage_totals(
+        self, key_id: str | None, since: float | None, until: float | None, group_by: str
+    ) -> list[dict[str, Any]]: ...
+
+
+def async_url(database_url: str) -> str:
+    if database_url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + database_url.removeprefix("sqlite:///")
+    for prefix in ("postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql+asyncpg://" + database_url.removeprefix(prefix)
+    return database_url
+
+
+class SqlStore:
+    """Keys and ledger in SQLite or PostgreSQL through SQLAlchemy Core (async)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._sqlite = database_url.startswith("sqlite")
+        self.engine: AsyncEngine = create_async_engine(async_url(database_url), pool_pre_ping=True)
+        if self._sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    async def open(self) -> None:
+        await migrate.upgrade(self.engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    async def find_key(self, key_hash: str) -> KeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))
+            ).first()
+        return _key(row) if row else None
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return _key(row) if row else None
+
+    async def get_keys(self, key_ids: Sequence[str]) -> list[KeyRecord]:
+        if not key_ids:
+            return []
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(api_keys).where(api_keys.c.id.in_(key_ids)))).all()
+        return [_key(row) for row in rows]
+
+    async def list_keys(self) -> list[KeyRecord]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(api_keys).order_by(api_keys.c.created_at))).all()
+        return [_key(row) for row in rows]
+
+    async def count_admin_keys(self) -> int:
+        query = (
+            select(func.count())
+            .select_from(api_keys)
+            .where(api_keys.c.is_admin.is_(True), api_keys.c.revoked_at.is_(None))
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def create_key(self, record: KeyRecord) -> None:
+        values = asdict(record)
+        values["models"] = list(record.models)
+        async with self.engine.begin() as conn:
+            await conn.execute(api_keys.insert().values(**values))
+
+    async def revoke_key(self, key_id: str) -> KeyRecord | None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return _key(row) if row else None
+
+    async def add_credits(self, key_id: str, nanos: int) -> KeyRecord | None:
+        async with self.engine.begin() as conn:
+            # An unlimited key stays unlimited; a limited one grows by the amount, atomically.
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.credits_nanos.is_not(None))
+                .values(credits_nanos=api_keys.c.credits_nanos + nanos)
+            )
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return _key(row) if row else None
+
+    # -- ledger -------------------------------------------------------------------------------
+
+    async def write_ledger(self, rows: Sequence[LedgerRow]) -> None:
+        """Insert rows and settle their costs onto the keys, in one transaction."""
+        if not rows:
+            return
+        spend: dict[str, int] = {}
+        for row in rows:
+            if row.cost_nanos:
+                spend[row.key_id] = spend.get(row.key_id, 0) + row.cost_nanos
+        async with self.engine.begin() as conn:
+            await conn.execute(ledger.insert(), [asdict(row) for row in rows])
+            for key_id, nanos in spend.items():
+                await conn.execute(
+                    update(api_keys)
+                    .where(api_keys.c.id == key_id)
+                    .values(credits_used_nanos=api_keys.c.credits_used_nanos + nanos)
+                )
+
+    async def get_ledger_row(self, row_id: str) -> LedgerRow | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(ledger).where(ledger.c.id == row_id))).first()
+        return LedgerRow(**row._asdict()) if row else None
+
+    async def ledger_rows(
+        self, key_id: str | None, since: float | None, until: float | None, limit: int
+    ) -> list[LedgerRow]:
+        query = select(ledger).order_by(ledger.c.created.desc()).limit(limit)
+        query = query.where(*_ledger_filters(key_id, since, until))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [LedgerRow(**row._asdict()) for row in rows]
+
+    async def usage_totals(
+        self, key_id: str | None, since: float | None, until: float | None, group_by: str
+    ) -> list[dict[str, Any]]:
+        column = {
+            "key": ledger.c.key_id,
+            "model": ledger.c.model,
+            "provider": ledger.c.provider,
+            "day": func.floor(ledger.c.created / 86400) * 86400,
+        }[group_by]
+        query = (
+            select(
+                column.label("group"),
+                func.count().label("requests"),
+                func.sum(ledger.c.prompt_tokens).label("prompt_tokens"),
+                func.sum(ledger.c.completion_tokens).label("completion_tokens"),
+                func.sum(ledger.c.cost_nanos).label("cost_nanos"),
+            )
+            .where(*_ledger_filters(key_id, since, until))
+            .group_by(column)
+            .order_by(column)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {
+                "group": row.group,
+                "requests": int(row.requests),
+                "prompt_tokens": int(row.prompt_tokens or 0),
+                "completion_tokens": int(row.completion_tokens or 0),
+                "cost_nanos": int(row.cost_nanos or 0),
+            }
+            for row in rows
+        ]
+
+
+def _ledger_filters(key_id: str | None, since: float | None, until: float | None) -> Iterable[Any]:
+    filters = []
+    if key_id is not None:
+        filters.append(ledger.c.key_id == key_id)
+    if since is not None:
+        filters.append(ledger.c.created >= since)
+    if until is not None:
+        filters.append(ledger.c.created < until)
+    return filters
+
+
+def _key(row: Row[Any]) -> KeyRecord:
+    values = row._asdict()
+    values["models"] = tuple(values["models"] or ())
+    values["metadata"] = dict(values["metadata"] or {})
+    return KeyRecord(**values)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the CLI and the server use one file at once; NORMAL is durable across crashes of
+    # the process (not of the machine), which is the ledger's contract on SQLite.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

@@ -1,0 +1,201 @@
+"""The admin API: keys, credits and usage reports, for the admin key only."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmrelay.accounting.pricing import nanos_to_usd, usd_to_nanos
+from llmrelay.accounting.records import KeyRecord
+from llmrelay.api.asgi import Request, Send, send_json, send_openai_error
+from llmrelay.core.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied
+from llmrelay.core.pipeline import Gateway
+from llmrelay.core.validate import parse_json_object
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    credits: float | None = Field(None, ge=0, allow_inf_nan=False)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    models: list[str] | None = None
+    expires_at: float | None = Field(None, gt=0)
+    metadata: dict[str, Any] | None = None
+
+
+class CreditsChange(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    amount: float = Field(gt=0, allow_inf_nan=False)
+
+
+def key_view(record: KeyRecord, credits_used_nanos: int | None = None) -> dict[str, Any]:
+    used = record.credits_used_nanos if credits_used_nanos is None else credits_used_nanos
+    return {
+        "id": record.id,
+        "name": record.name,
+        "prefix": record.prefix,
+        "is_admin": record.is_admin,
+        "credits": None if record.credits_nanos is None else nanos_to_usd(record.credits_nanos),
+        "credits_used": nanos_to_usd(used),
+        "rpm": record.rpm,
+        "tpm": record.tpm,
+        "models": list(record.models),
+        "expires_at": record.expires_at,
+        "revoked": record.revoked_at is not None,
+        "created_at": record.created_at,
+        "metadata": record.metadata,
+    }
+
+
+def _parse(model: type[BaseModel], raw: bytes) -> Any:
+    body = parse_json_object(raw)
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        reason = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise InvalidRequest(f"'{field}': {reason}", param=field) from None
+
+
+def _timestamp(value: str | None, name: str) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be Unix seconds or an ISO date", param=name) from None
+
+
+class AdminSurface:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def _require_admin(self, request: Request) -> None:
+        cached = await self.gateway.authenticate(request.api_key())
+        if not cached.record.is_admin:
+            raise PermissionDenied("this route needs the admin key")
+
+    async def dispatch(self, request: Request, send: Send, action: str) -> None:
+        try:
+            await self._require_admin(request)
+            status, payload = await getattr(self, "_" + action)(request)
+        except GatewayError as error:
+            await send_openai_error(send, error)
+            return
+        await send_json(send, status, payload)
+
+    async def _create_key(self, request: Request) -> tuple[int, Any]:
+        request.require_json()
+        body: KeyCreate = _parse(KeyCreate, await request.body(1 << 20))
+        new = await self.gateway.keys.create(
+            name=body.name,
+            credits_nanos=None if body.credits is None else usd_to_nanos(body.credits),
+            rpm=body.rpm,
+            tpm=body.tpm,
+            models=tuple(body.models or ()),
+            expires_at=body.expires_at,
+            metadata=body.metadata,
+        )
+        return 201, {**key_view(new.record), "key": new.secret}
+
+    async def _list_keys(self, request: Request) -> tuple[int, Any]:
+        records = await self.gateway.store.list_keys()
+        keys = self.gateway.keys
+        data = []
+        for record in records:
+            cached = keys.cached(record.id)
+            used = None if cached is None else cached.credits_used_nanos
+            data.append(key_view(record, used))
+        return 200, {"object": "list", "data": data}
+
+    async def _revoke_key(self, request: Request) -> tuple[int, Any]:
+        key_id = request.path_params["key_id"]
+        record = await self.gateway.keys.revoke(key_id)
+        if record is None:
+            raise NotFound(f"no key {key_id!r}", param="key_id")
+        return 200, key_view(record)
+
+    async def _add_credits(self, request: Request) -> tuple[int, Any]:
+        request.require_json()
+        key_id = request.path_params["key_id"]
+        body: CreditsChange = _parse(CreditsChange, await request.body(1 << 16))
+        existing = await self.gateway.store.get_key(key_id)
+        if existing is None:
+            raise NotFound(f"no key {key_id!r}", param="key_id")
+        if existing.credits_nanos is None:
+            raise InvalidRequest(
+                f"key {key_id!r} has unlimited credits; there is nothing to top up", param="amount"
+            )
+        record = await self.gateway.keys.add_credits(key_id, usd_to_nanos(body.amount))
+        assert record is not None
+        return 200, key_view(record)
+
+    async def _usage(self, request: Request) -> tuple[int, Any]:
+        query = request.query
+        unknown = set(query) - {"key_id", "since", "until", "group_by", "limit", "key"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidRequest(f"unknown query parameter {name!r}", param=name)
+        key_id = query.get("key_id") or None
+        since = _timestamp(query.get("since"), "since")
+        until = _timestamp(query.get("until"), "until")
+        group_by = query.get("group_by", "model")
+        if group_by not in ("key", "model", "provider", "day"):
+            raise InvalidRequest("'group_by' is one of key, model, provider, day", param="group_by")
+        limit_text = query.get("limit", "100")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 10_000:
+            raise InvalidRequest("'limit' is a whole number from 1 to 10000", param="limit")
+        await self.gateway.ledger.flush()
+        store = self.gateway.store
+        rows = await store.ledger_rows(key_id, since, until, int(limit_text))
+        groups = await store.usage_totals(key_id, since, until, group_by)
+        totals = {
+            "requests": sum(g["requests"] for g in groups),
+            "prompt_tokens": sum(g["prompt_tokens"] for g in groups),
+            "completion_tokens": sum(g["completion_tokens"] for g in groups),
+            "cost": nanos_to_usd(sum(g["cost_nanos"] for g in groups)),
+        }
+        return 200, {
+            "object": "usage",
+            "generated_at": time.time(),
+            "filters": {"key_id": key_id, "since": since, "until": until},
+            "totals": totals,
+            "group_by": group_by,
+            "groups": [
+                {
+                    **{k: v for k, v in g.items() if k != "cost_nanos"},
+                    "cost": nanos_to_usd(g["cost_nanos"]),
+                }
+                for g in groups
+            ],
+            "data": [
+                {
+                    "id": r.id,
+                    "key_id": r.key_id,
+                    "requested_model": r.requested_model,
+                    "model": r.model,
+                    "provider": r.provider,
+                    "status": r.status,
+                    "http_status": r.http_status,
+                    "stream": r.stream,
+                    "prompt_tokens": r.prompt_tokens,
+                    "completion_tokens": r.completion_tokens,
+                    "cost": nanos_to_usd(r.cost_nanos),
+                    "estimated": r.estimated,
+                    "latency_ms": r.latency_ms,
+                    "created": r.created,
+                }
+                for r in rows
+            ],
+        }

@@ -1,0 +1,141 @@
+"""The ASGI edge: typed aliases, request reading with a size cap, response writing.
+
+The gateway speaks raw ASGI rather than through a framework: the hot path is one dict lookup to a
+handler, one body read and one or a few ``send`` calls, and every layer a framework would add costs
+latency that the gateway exists to avoid (measured in docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from llmrelay.core.errors import GatewayError, InvalidRequest, PayloadTooLarge
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the request body was complete."""
+
+
+class Request:
+    """What a handler needs of the ASGI scope, decoded lazily."""
+
+    __slots__ = ("_headers", "_query", "path_params", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive, path_params: dict[str, str]) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.path_params = path_params
+        self._headers: dict[bytes, bytes] | None = None
+        self._query: dict[str, str] | None = None
+
+    @property
+    def method(self) -> str:
+        method: str = self.scope["method"]
+        return method
+
+    def header(self, name: bytes) -> bytes | None:
+        if self._headers is None:
+            self._headers = dict(self.scope["headers"])
+        return self._headers.get(name)
+
+    @property
+    def query(self) -> dict[str, str]:
+        if self._query is None:
+            raw: bytes = self.scope.get("query_string", b"")
+            self._query = dict(parse_qsl(raw.decode("latin-1"))) if raw else {}
+        return self._query
+
+    def api_key(self) -> str | None:
+        """The client's key from any header style of the contract, or ``?key=``."""
+        auth = self.header(b"authorization")
+        if auth:
+            scheme, _, token = auth.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip().decode("latin-1")
+        for name in (b"x-api-key", b"apikey", b"x-goog-api-key"):
+            value = self.header(name)
+            if value:
+                return value.strip().decode("latin-1")
+        return self.query.get("key")
+
+    async def body(self, limit: int) -> bytes:
+        length = self.header(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(
+                        f"the request body is larger than the limit of {limit} bytes"
+                    )
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def require_json(self) -> None:
+        content_type = self.header(b"content-type")
+        if content_type is None:
+            return  # curl -d without -H; the body is still checked for JSON
+        media = content_type.split(b";", 1)[0].strip().lower()
+        if media != b"application/json" and not media.endswith(b"+json"):
+            raise InvalidRequest(
+                f"unsupported Content-Type {media.decode('latin-1')!r}; send application/json"
+            )
+
+
+async def send_json(
+    send: Send, status: int, payload: object, headers: Headers | None = None
+) -> None:
+    body = orjson.dumps(payload)
+    await send_bytes(send, status, body, JSON_HEADERS + (headers or []))
+
+
+async def send_bytes(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_headers(error: GatewayError, extra: Headers | None = None) -> Headers:
+    headers = list(extra or [])
+    retry_after = error.retry_after_header()
+    if retry_after is not None:
+        headers.append((b"retry-after", retry_after.encode()))
+    return headers
+
+
+async def send_openai_error(
+    send: Send, error: GatewayError, headers: Headers | None = None
+) -> None:
+    await send_json(send, error.http_status, error.to_openai(), error_headers(error, headers))

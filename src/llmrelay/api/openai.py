@@ -1,0 +1,313 @@
+"""The OpenAI-compatible surface: ``/v1/chat/completions``, ``/v1/models``, ``/v1/key``,
+``/v1/generation``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from llmrelay.accounting.pricing import nanos_to_usd
+from llmrelay.api.asgi import (
+    SSE_HEADERS,
+    ClientDisconnected,
+    Headers,
+    Request,
+    Send,
+    send_json,
+    send_openai_error,
+)
+from llmrelay.api.streaming import DisconnectWatcher, StreamWriter, uncancel_if_client_gone
+from llmrelay.core.errors import GatewayError, InvalidRequest, NotFound
+from llmrelay.core.exchange import Exchange
+from llmrelay.core.pipeline import Gateway, OpenedStream
+from llmrelay.core.sse import DONE
+from llmrelay.core.types import ChatRequest, JSONObject
+from llmrelay.core.validate import parse_json_object, validate_chat_request
+
+KEEPALIVE = b": PROCESSING\n\n"
+
+
+class ChunkEncoder:
+    """Canonical chunks → the client's ``data:`` lines, normalised to what OpenAI itself sends.
+
+    One ``id``/``created``/``model`` for the whole stream, ``role`` only in each choice's first
+    delta, a tool call's ``id``/``type``/``name`` only in its first fragment (the SDK's accumulator
+    concatenates repeats), and usage only in the final ``choices: []`` chunk when asked for.
+    """
+
+    __slots__ = ("_exchange", "_roles_sent", "_tool_calls_seen")
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+        self._roles_sent: set[int] = set()
+        self._tool_calls_seen: set[tuple[int, int]] = set()
+
+    def encode(self, chunk: JSONObject) -> bytes | None:
+        choices = chunk.get("choices")
+        if not choices:
+            return None
+        exchange = self._exchange
+        chunk["id"] = exchange.id
+        chunk["object"] = "chat.completion.chunk"
+        chunk["created"] = exchange.created
+        chunk["model"] = (
+            exchange.model.id if exchange.model is not None else exchange.requested_model
+        )
+        for choice in choices:
+            index = choice.get("index", 0)
+            delta = choice["delta"]
+            if index in self._roles_sent:
+                delta.pop("role", None)
+            else:
+                self._roles_sent.add(index)
+                choice["delta"] = delta = {"role": "assistant", **delta}
+            if "finish_reason" not in choice:
+                choice["finish_reason"] = None
+            calls = delta.get("tool_calls")
+            if calls:
+                self._normalise_tool_calls(index, calls)
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def _normalise_tool_calls(self, choice_index: int, calls: list[JSONObject]) -> None:
+        for position, call in enumerate(calls):
+            if "index" not in call:
+                call["index"] = position
+            marker = (choice_index, call["index"])
+            if marker in self._tool_calls_seen:
+                call.pop("id", None)
+                call.pop("type", None)
+                function = call.get("function")
+                if function:
+                    function.pop("name", None)
+            else:
+                self._tool_calls_seen.add(marker)
+
+    def usage_chunk(self, usage: JSONObject) -> bytes:
+        exchange = self._exchange
+        chunk = {
+            "id": exchange.id,
+            "object": "chat.completion.chunk",
+            "created": exchange.created,
+            "model": exchange.model.id if exchange.model is not None else None,
+            "choices": [],
+            "usage": usage,
+        }
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def error_chunk(self, error: GatewayError) -> bytes:
+        exchange = self._exchange
+        chunk = {
+            "id": exchange.id,
+            "object": "chat.completion.chunk",
+            "created": exchange.created,
+            "model": exchange.model.id if exchange.model is not None else None,
+            "error": {
+                "code": error.http_status,
+                "type": error.error_type,
+                "message": error.message,
+            },
+            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+        }
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def resolved_headers(exchange: Exchange) -> Headers:
+    headers: Headers = [(b"x-request-id", exchange.id.encode())]
+    if exchange.model is not None:
+        headers.append((b"x-resolved-model", exchange.model.id.encode()))
+    if exchange.basket is not None:
+        headers.append((b"x-route-basket", exchange.basket.encode()))
+    return headers
+
+
+class OpenAISurface:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def chat_completions(self, request: Request, send: Send) -> None:
+        gateway = self.gateway
+        try:
+            key = await gateway.authenticate(request.api_key())
+        except GatewayError as error:
+            await send_openai_error(send, error)
+            return
+        exchange = Exchange(key, "openai")
+        try:
+            request.require_json()
+            body = parse_json_object(await request.body(gateway.settings.max_request_bytes))
+            chat = validate_chat_request(body)
+            gateway.admit(exchange, chat)
+        except ClientDisconnected:
+            gateway.cancel(exchange)
+            gateway.finish(exchange)
+            return
+        except GatewayError as error:
+            gateway.fail(exchange, error)
+            gateway.finish(exchange)
+            await send_openai_error(send, error, resolved_headers(exchange))
+            return
+        watcher = DisconnectWatcher(request.receive, exchange)
+        try:
+            if chat.stream:
+                await self._stream(exchange, chat, send)
+            else:
+                await self._complete(exchange, chat, send)
+        except asyncio.CancelledError:
+            if not uncancel_if_client_gone(exchange):
+                raise
+            gateway.cancel(exchange)
+        finally:
+            watcher.stop()
+            gateway.finish(exchange)
+
+    async def _complete(self, exchange: Exchange, chat: ChatRequest, send: Send) -> None:
+        try:
+            completion = await self.gateway.complete(exchange, chat)
+        except GatewayError as error:
+            self.gateway.fail(exchange, error)
+            await send_openai_error(send, error, resolved_headers(exchange))
+            return
+        await send_json(send, 200, completion.body, resolved_headers(exchange))
+
+    async def _stream(self, exchange: Exchange, chat: ChatRequest, send: Send) -> None:
+        gateway = self.gateway
+        try:
+            opened = await gateway.open_stream(exchange, chat)
+        except GatewayError as error:
+            gateway.fail(exchange, error)
+            await send_openai_error(send, error, resolved_headers(exchange))
+            return
+        try:
+            await self._relay(exchange, chat, opened, send)
+        finally:
+            await gateway.close_stream(exchange, opened)
+
+    async def _relay(
+        self, exchange: Exchange, chat: ChatRequest, opened: OpenedStream, send: Send
+    ) -> None:
+        gateway = self.gateway
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": SSE_HEADERS + resolved_headers(exchange),
+            }
+        )
+        writer = StreamWriter(send, KEEPALIVE, gateway.settings.keepalive_seconds)
+        writer.start()
+        encoder = ChunkEncoder(exchange)
+        try:
+            first = opened.first
+            if first is None and opened.pending_first is not None:
+                try:
+                    first = await opened.pending_first
+                except StopAsyncIteration:
+                    first = None
+            if first is not None:
+                exchange.observe_chunk(first)
+                data = encoder.encode(first)
+                if data is not None:
+                    await writer.write(data)
+                async for chunk in opened.chunks:
+                    exchange.observe_chunk(chunk)
+                    data = encoder.encode(chunk)
+                    if data is not None:
+                        await writer.write(data)
+            tail = DONE
+            if chat.include_usage:
+                usage, _ = gateway.final_usage(exchange)
+                tail = encoder.usage_chunk(usage.to_openai()) + DONE
+            await writer.end(tail)
+        except GatewayError as error:
+            gateway.fail(exchange, error)
+            await writer.end(encoder.error_chunk(error) + DONE)
+        finally:
+            writer.stop()
+
+    # -- the small GET endpoints --------------------------------------------------------------
+
+    async def models(self, request: Request, send: Send) -> None:
+        data = [
+            {
+                "id": model.id,
+                "object": "model",
+                "created": 0,
+                "owned_by": model.provider,
+                "context_window": model.context_window,
+                "capabilities": sorted(model.capabilities),
+                "pricing": {
+                    "input": model.config.price.input,
+                    "output": model.config.price.output,
+                    "cached_input": model.config.price.cached_input,
+                },
+            }
+            for model in self.gateway.catalogue
+        ]
+        await send_json(send, 200, {"object": "list", "data": data})
+
+    async def key(self, request: Request, send: Send) -> None:
+        try:
+            cached = await self.gateway.authenticate(request.api_key())
+        except GatewayError as error:
+            await send_openai_error(send, error)
+            return
+        record = cached.record
+        remaining = cached.credits_remaining_nanos
+        await send_json(
+            send,
+            200,
+            {
+                "id": record.id,
+                "name": record.name,
+                "credits": None
+                if record.credits_nanos is None
+                else nanos_to_usd(record.credits_nanos),
+                "credits_used": nanos_to_usd(cached.credits_used_nanos),
+                "credits_remaining": None if remaining is None else nanos_to_usd(remaining),
+                "rpm": record.rpm,
+                "tpm": record.tpm,
+                "models": list(record.models),
+                "expires_at": record.expires_at,
+            },
+        )
+
+    async def generation(self, request: Request, send: Send) -> None:
+        try:
+            cached = await self.gateway.authenticate(request.api_key())
+            row_id = request.query.get("id")
+            if not row_id:
+                raise InvalidRequest(
+                    "'id' is required: GET /v1/generation?id=<request id>", param="id"
+                )
+            row = await self.gateway.store.get_ledger_row(row_id)
+            if row is None or (row.key_id != cached.record.id and not cached.record.is_admin):
+                raise NotFound(f"no generation {row_id!r} for this key (yet)", param="id")
+        except GatewayError as error:
+            await send_openai_error(send, error)
+            return
+        await send_json(
+            send,
+            200,
+            {
+                "id": row.id,
+                "requested_model": row.requested_model,
+                "model": row.model,
+                "provider": row.provider,
+                "basket": row.basket,
+                "stream": row.stream,
+                "status": row.status,
+                "http_status": row.http_status,
+                "error_type": row.error_type,
+                "prompt_tokens": row.prompt_tokens,
+                "completion_tokens": row.completion_tokens,
+                "cached_tokens": row.cached_tokens,
+                "reasoning_tokens": row.reasoning_tokens,
+                "cost": nanos_to_usd(row.cost_nanos),
+                "estimated": row.estimated,
+                "ttft_ms": row.ttft_ms,
+                "latency_ms": row.latency_ms,
+                "created": int(row.created),
+            },
+        )

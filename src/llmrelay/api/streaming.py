@@ -1,0 +1,89 @@
+"""Surface-independent pieces of a streamed response: keep-alive and client-disconnect watching."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from llmrelay.api.asgi import Receive, Send
+from llmrelay.core.exchange import Exchange
+
+
+class StreamWriter:
+    """Writes body bytes and, from a watchdog task, a keep-alive whenever the line goes quiet.
+
+    The watchdog keeps the gap between bytes to the client under ``interval`` seconds for the
+    whole life of the stream, including a long silent wait for the first token.
+    """
+
+    __slots__ = ("_interval", "_keepalive", "_last", "_loop", "_send", "_task")
+
+    def __init__(self, send: Send, keepalive: bytes, interval: float) -> None:
+        self._send = send
+        self._keepalive = keepalive
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+
+    async def write(self, data: bytes) -> None:
+        self._last = self._loop.time()
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self, data: bytes = b"") -> None:
+        self.stop()
+        await self._send({"type": "http.response.body", "body": data, "more_body": False})
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _watch(self) -> None:
+        while True:
+            wait = self._last + self._interval - self._loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            await self.write(self._keepalive)
+
+
+class DisconnectWatcher:
+    """Cancels the request's task when the client goes away, after marking the exchange.
+
+    ASGI servers report a disconnect only through ``receive()``; once the body is read, the
+    next ``receive()`` returns exactly when the client is gone.
+    """
+
+    __slots__ = ("_task",)
+
+    def __init__(self, receive: Receive, exchange: Exchange) -> None:
+        target = asyncio.current_task()
+        assert target is not None
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    exchange.client_gone = True
+                    target.cancel()
+                    return
+
+        self._task = asyncio.create_task(watch())
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+def uncancel_if_client_gone(exchange: Exchange) -> bool:
+    """After catching CancelledError: True (and the cancel consumed) if the client caused it."""
+    if not exchange.client_gone:
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        with contextlib.suppress(AttributeError):
+            task.uncancel()
+    return True

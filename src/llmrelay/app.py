@@ -1,0 +1,167 @@
+"""ASGI assembly: ``create_app(settings)`` builds every part and wires the routes.
+
+Nothing lives at module level: each app owns its store, key cache, ledger writer, HTTP client and
+providers, created here and closed by the ASGI lifespan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+from llmrelay.accounting.keys import KeyService
+from llmrelay.accounting.ledger import LedgerWriter
+from llmrelay.accounting.limits import LocalLimiter
+from llmrelay.accounting.store import SqlStore
+from llmrelay.api.admin import AdminSurface
+from llmrelay.api.asgi import Receive, Request, Scope, Send, send_json, send_openai_error
+from llmrelay.api.openai import OpenAISurface
+from llmrelay.config import Settings, load_settings
+from llmrelay.core.catalogue import Catalogue
+from llmrelay.core.errors import GatewayError, NotFound
+from llmrelay.core.pipeline import Gateway
+from llmrelay.core.routing import Router
+from llmrelay.providers.base import Provider
+from llmrelay.providers.http import UpstreamClient
+from llmrelay.providers.registry import build_providers
+
+log = logging.getLogger("llmrelay")
+
+Handler = Callable[[Request, Send], Awaitable[None]]
+
+_ALIAS_PREFIXES = ("/api/v1/", "/llm/v1/")
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "method_not_allowed"
+
+
+class App:
+    """The gateway as an ASGI application."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = SqlStore(settings.database_url)
+        self.keys = KeyService(self.store, settings.key_cache_seconds)
+        self.ledger = LedgerWriter(self.store, settings.ledger, self.keys.ledger_committed)
+        self.catalogue = Catalogue(settings)
+        self.client = UpstreamClient()
+        self.providers: dict[str, Provider] = build_providers(settings, self.client)
+        self.gateway = Gateway(
+            settings,
+            self.catalogue,
+            self.providers,
+            self.keys,
+            LocalLimiter(),
+            self.ledger,
+            Router(settings.router, self.catalogue, None),
+            self.store,
+        )
+        openai = OpenAISurface(self.gateway)
+        admin = AdminSurface(self.gateway)
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": {"POST": openai.chat_completions},
+            "/v1/models": {"GET": openai.models},
+            "/v1/key": {"GET": openai.key},
+            "/v1/generation": {"GET": openai.generation},
+            "/health": {"GET": self._health},
+            "/admin/keys": {
+                "POST": lambda r, s: admin.dispatch(r, s, "create_key"),
+                "GET": lambda r, s: admin.dispatch(r, s, "list_keys"),
+            },
+            "/admin/usage": {"GET": lambda r, s: admin.dispatch(r, s, "usage")},
+        }
+        self._key_routes: dict[str, dict[str, Handler]] = {
+            "": {"DELETE": lambda r, s: admin.dispatch(r, s, "revoke_key")},
+            "/credits": {"POST": lambda r, s: admin.dispatch(r, s, "add_credits")},
+        }
+        self.started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path.startswith(_ALIAS_PREFIXES):
+            path = path[4:]
+        params: dict[str, str] = {}
+        methods = self._routes.get(path)
+        if methods is None and path.startswith("/admin/keys/"):
+            key_id, _, rest = path[len("/admin/keys/") :].partition("/")
+            methods = self._key_routes.get("/" + rest if rest else "")
+            params["key_id"] = key_id
+        request = Request(scope, receive, params)
+        if methods is None:
+            await send_openai_error(send, NotFound(f"no route {scope['method']} {scope['path']}"))
+            return
+        handler = methods.get(scope["method"])
+        if handler is None:
+            allowed = ", ".join(sorted(methods))
+            await send_openai_error(
+                send,
+                MethodNotAllowed(f"{scope['method']} is not allowed here; use {allowed}"),
+                [(b"allow", allowed.encode())],
+            )
+            return
+        await handler(request, send)
+
+    async def _health(self, request: Request, send: Send) -> None:
+        await send_json(
+            send,
+            200,
+            {
+                "status": "ok",
+                "models": len(self.catalogue),
+                "providers": sorted(self.providers),
+                "ledger_pending": self.ledger.pending,
+            },
+        )
+
+    async def startup(self) -> None:
+        await self.store.open()
+        self.client.start()
+        self.keys.start()
+        self.ledger.start()
+        self.started = True
+
+    async def shutdown(self) -> None:
+        await self.gateway.wait_background()
+        await self.ledger.close()
+        await self.keys.stop()
+        for provider in self.providers.values():
+            await provider.close()
+        await self.client.close()
+        await self.store.close()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> App:
+    return App(settings)
+
+
+def app_from_environment() -> App:
+    """The factory ``llmrelay serve`` hands uvicorn (``--workers`` needs an import string)."""
+    return create_app(load_settings(os.environ.get("LLMRELAY_CONFIG") or None))

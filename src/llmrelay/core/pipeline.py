@@ -1,0 +1,325 @@
+"""The pipeline every surface runs: auth → limits → route → dispatch → meter.
+
+Surfaces own their wire format; this module owns everything else about a request, so the
+OpenAI, Anthropic and Gemini endpoints behave the same way in auth, limits, routing, retries,
+fallbacks, cancellation and billing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from llmrelay.accounting.keys import CachedKey, KeyService
+from llmrelay.accounting.ledger import LedgerWriter
+from llmrelay.accounting.limits import LocalLimiter
+from llmrelay.accounting.records import LedgerRow
+from llmrelay.accounting.store import Store
+from llmrelay.config import Settings
+from llmrelay.core.catalogue import Catalogue, ModelEntry
+from llmrelay.core.errors import (
+    FallbacksExhausted,
+    GatewayError,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
+from llmrelay.core.exchange import Exchange
+from llmrelay.core.routing import Router
+from llmrelay.core.tokens import estimate_prompt_tokens
+from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
+from llmrelay.providers.base import Provider, UpstreamRequest
+
+log = logging.getLogger("llmrelay.pipeline")
+
+DRAIN_TIMEOUT_SECONDS = 600.0
+_RETRY_BASE_SECONDS = 0.05
+
+
+@dataclass(slots=True)
+class OpenedStream:
+    """A stream whose upstream answered: ``first`` is its first chunk, or None if still waiting."""
+
+    chunks: AsyncIterator[JSONObject]
+    provider: Provider
+    pending_first: asyncio.Future[JSONObject] | None
+    first: JSONObject | None
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        catalogue: Catalogue,
+        providers: dict[str, Provider],
+        keys: KeyService,
+        limiter: LocalLimiter,
+        ledger: LedgerWriter,
+        router: Router,
+        store: Store,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalogue = catalogue
+        self.providers = providers
+        self.keys = keys
+        self.limiter = limiter
+        self.ledger = ledger
+        self.router = router
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- before the upstream call -------------------------------------------------------------
+
+    async def authenticate(self, secret: str | None) -> CachedKey:
+        return await self.keys.authenticate(secret)
+
+    def admit(self, exchange: Exchange, request: ChatRequest) -> None:
+        """Route the request and run the key's checks; raises the contract's 403/429/402."""
+        exchange.requested_model = request.model
+        exchange.stream = request.stream
+        exchange.messages = request.messages
+        decision = self.router.route(request)
+        exchange.model = decision.model
+        exchange.basket = decision.basket
+        exchange.route_confidence = decision.confidence
+        key = exchange.key
+        KeyService.check_model(key, decision.model.id)
+        self.limiter.admit(key.record)
+        KeyService.check_credits(key)
+
+    def _attempt_models(self, exchange: Exchange) -> list[ModelEntry]:
+        assert exchange.model is not None
+        models = [exchange.model]
+        for fallback in self.catalogue.fallbacks(exchange.model.id):
+            if fallback not in models:
+                models.append(fallback)
+        return models
+
+    def _provider(self, model: ModelEntry) -> Provider:
+        provider = self.providers.get(model.provider)
+        if provider is None:
+            raise ServiceUnavailable(f"provider {model.provider!r} is not configured")
+        return provider
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    async def complete(self, exchange: Exchange, request: ChatRequest) -> Completion:
+        failures: list[tuple[str, UpstreamError]] = []
+        for model in self._attempt_models(exchange):
+            provider = self._provider(model)
+            call = UpstreamRequest(request, model, exchange.id)
+            for attempt in range(2):
+                exchange.model = model
+                try:
+                    completion = await self._complete_once(exchange, provider, call)
+                except UpstreamError as exc:
+                    if not exc.is_retryable:
+                        raise
+                    failures.append((model.id, exc))
+                    if attempt == 0 and _retry_same_model(exc):
+                        await asyncio.sleep(_RETRY_BASE_SECONDS * (1 + random.random()))
+                        continue
+                    break
+                exchange.mark_first_token()
+                exchange.usage = completion.usage
+                body = completion.body
+                body["id"] = exchange.id
+                body["model"] = model.id
+                body.setdefault("object", "chat.completion")
+                body.setdefault("created", exchange.created)
+                return completion
+        raise _exhausted(failures)
+
+    async def _complete_once(
+        self, exchange: Exchange, provider: Provider, call: UpstreamRequest
+    ) -> Completion:
+        if provider.capabilities.supports_cancellation:
+            return await provider.complete(call)
+        # The provider keeps generating (and billing) after a disconnect: let it finish in the
+        # background and bill the whole answer.
+        task = asyncio.ensure_future(provider.complete(call))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if exchange.client_gone:
+                self._spawn(self._bill_after_drain(exchange, task))
+            raise
+
+    async def open_stream(self, exchange: Exchange, request: ChatRequest) -> OpenedStream:
+        """Call upstream until one answers; waits for the first chunk at most keepalive_seconds.
+
+        Retries and fallbacks happen only here, before anything was sent to the client.
+        """
+        failures: list[tuple[str, UpstreamError]] = []
+        keepalive = self.settings.keepalive_seconds
+        for model in self._attempt_models(exchange):
+            provider = self._provider(model)
+            call = UpstreamRequest(request, model, exchange.id)
+            for attempt in range(2):
+                exchange.model = model
+                chunks = provider.stream(call)
+                pending = asyncio.ensure_future(anext(chunks))
+                try:
+                    done, _ = await asyncio.wait((pending,), timeout=keepalive)
+                except asyncio.CancelledError:
+                    pending.cancel()
+                    await _close_quietly(chunks)
+                    raise
+                if not done:
+                    return OpenedStream(chunks, provider, pending, None)
+                try:
+                    first = pending.result()
+                except StopAsyncIteration:
+                    return OpenedStream(chunks, provider, None, None)
+                except UpstreamError as exc:
+                    await _close_quietly(chunks)
+                    if not exc.is_retryable:
+                        raise
+                    failures.append((model.id, exc))
+                    if attempt == 0 and _retry_same_model(exc):
+                        await asyncio.sleep(_RETRY_BASE_SECONDS * (1 + random.random()))
+                        continue
+                    break
+                return OpenedStream(chunks, provider, None, first)
+        raise _exhausted(failures)
+
+    async def close_stream(self, exchange: Exchange, opened: OpenedStream) -> None:
+        """End the upstream side: abort it, or for a provider that cannot cancel, drain it."""
+        if opened.pending_first is not None and not opened.pending_first.done():
+            opened.pending_first.cancel()
+        if exchange.client_gone and not opened.provider.capabilities.supports_cancellation:
+            self._spawn(self._drain_stream(exchange, opened.chunks))
+            return
+        await _close_quietly(opened.chunks)
+
+    async def _drain_stream(self, exchange: Exchange, chunks: AsyncIterator[JSONObject]) -> None:
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
+                async for chunk in chunks:
+                    exchange.observe_chunk(chunk)
+        except Exception as exc:
+            log.info("drain of %s ended: %s", exchange.id, exc.__class__.__name__)
+        finally:
+            await _close_quietly(chunks)
+            self.finish(exchange, force=True)
+
+    async def _bill_after_drain(self, exchange: Exchange, task: asyncio.Future[Completion]) -> None:
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
+                completion = await task
+            exchange.usage = completion.usage
+        except BaseException as exc:
+            log.info("drain of %s ended: %s", exchange.id, exc.__class__.__name__)
+        finally:
+            self.finish(exchange, force=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def draining(self, exchange: Exchange) -> bool:
+        """Whether a background drain owns this exchange's ledger row."""
+        return (
+            exchange.client_gone
+            and exchange.model is not None
+            and not (self._provider(exchange.model).capabilities.supports_cancellation)
+        )
+
+    async def wait_background(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- metering -----------------------------------------------------------------------------
+
+    def fail(self, exchange: Exchange, error: GatewayError) -> None:
+        exchange.status = "error"
+        exchange.http_status = error.http_status
+        exchange.error_type = error.error_type
+
+    def cancel(self, exchange: Exchange) -> None:
+        exchange.status = "cancelled"
+        exchange.http_status = 499
+        exchange.error_type = "client_disconnected"
+
+    @staticmethod
+    def final_usage(exchange: Exchange) -> tuple[Usage, bool]:
+        """The upstream's usage, or the gateway's own count (``estimated``) when it sent none."""
+        if exchange.usage is not None:
+            return exchange.usage, False
+        if exchange.model is None or exchange.messages is None:
+            return Usage(), False
+        if exchange.status == "error" and not exchange.output_chars:
+            return Usage(), False  # failed before the provider produced anything billable
+        usage = Usage(
+            prompt_tokens=estimate_prompt_tokens(exchange.messages),
+            completion_tokens=-(-exchange.output_chars // 4),
+        )
+        return usage, True
+
+    def finish(self, exchange: Exchange, *, force: bool = False) -> None:
+        """Write the request's ledger row (once), settle its cost, count its tokens."""
+        if exchange.finished or (not force and self.draining(exchange)):
+            return
+        exchange.finished = True
+        usage, estimated = self.final_usage(exchange)
+        model = exchange.model
+        cost = model.price.cost(usage) if model is not None else 0
+        now = time.perf_counter()
+        key = exchange.key
+        row = LedgerRow(
+            id=exchange.id,
+            key_id=key.record.id,
+            requested_model=exchange.requested_model,
+            model=model.id if model is not None else None,
+            provider=model.provider if model is not None else None,
+            basket=exchange.basket,
+            stream=exchange.stream,
+            status=exchange.status,
+            http_status=exchange.http_status,
+            error_type=exchange.error_type,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_nanos=cost,
+            estimated=estimated,
+            ttft_ms=(
+                (exchange.first_token_at - exchange.started) * 1000
+                if exchange.first_token_at is not None
+                else None
+            ),
+            latency_ms=(now - exchange.started) * 1000,
+            created=time.time(),
+            surface=exchange.surface,
+            route_confidence=exchange.route_confidence,
+        )
+        if cost:
+            self.keys.settle(key.record.id, cost)
+        self.limiter.record_tokens(key.record, usage.total_tokens)
+        self.ledger.record(row)
+
+
+def _retry_same_model(exc: UpstreamError) -> bool:
+    """Another try at the same model only where a quick retry can help."""
+    return not isinstance(exc, UpstreamRateLimited | UpstreamTimeout)
+
+
+def _exhausted(failures: list[tuple[str, UpstreamError]]) -> UpstreamError:
+    if len(failures) == 1:
+        return failures[0][1]
+    return FallbacksExhausted(failures)
+
+
+async def _close_quietly(chunks: AsyncIterator[JSONObject]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()

@@ -1,0 +1,44 @@
+"""The provider contract: ``complete``, ``stream``, ``close``; everything else is the provider's.
+
+A provider receives the canonical (OpenAI-shaped) request and answers canonical completions or
+chunks. It translates its wire format at its edge and its failures into the error tree at exactly
+one place. ``stream`` is an async generator: its first ``__anext__`` makes the upstream call, so an
+error known before the first chunk (a 429, an error-first stream) surfaces there, before the
+gateway commits its response; ``aclose()`` closes the upstream connection at once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from llmrelay.core.catalogue import ModelEntry
+from llmrelay.core.types import ChatRequest, Completion, JSONObject
+from llmrelay.providers.capabilities import ProviderCapabilities
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    request: ChatRequest
+    model: ModelEntry
+    request_id: str
+
+
+class Provider(ABC):
+    """One configured upstream (an entry of ``providers:`` in the config)."""
+
+    def __init__(self, name: str, capabilities: ProviderCapabilities) -> None:
+        self.name = name
+        self.capabilities = capabilities
+
+    @abstractmethod
+    async def complete(self, call: UpstreamRequest) -> Completion:
+        """One whole answer in the ``chat.completion`` shape."""
+
+    @abstractmethod
+    def stream(self, call: UpstreamRequest) -> AsyncIterator[JSONObject]:
+        """``chat.completion.chunk`` objects; usage, when known, on a chunk's ``usage`` key."""
+
+    async def close(self) -> None:  # noqa: B027 - most providers hold nothing of their own
+        """Release what the provider holds (the shared HTTP client is closed by the app)."""

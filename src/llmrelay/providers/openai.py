@@ -1,0 +1,243 @@
+"""OpenAI Chat Completions and every OpenAI-compatible host (vLLM, Ollama, Groq, DeepSeek, ...).
+
+Azure OpenAI is the same wire format at another URL with another auth header; it is a subclass that
+changes only those two things. The canonical format *is* this wire format, so the request passes
+through with the model name swapped and usage always requested, and chunks pass through as parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from email.utils import parsedate_to_datetime
+from time import time
+from typing import Any
+
+import orjson
+
+from llmrelay.config import ProviderConfig
+from llmrelay.core.errors import (
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+)
+from llmrelay.core.sse import SSEDecoder
+from llmrelay.core.types import Completion, JSONObject, Usage
+from llmrelay.providers.base import Provider, UpstreamRequest
+from llmrelay.providers.capabilities import capabilities_for
+from llmrelay.providers.http import UpstreamClient, UpstreamResponse
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_STREAM_OPTIONS = {"include_usage": True}
+
+
+class OpenAIProvider(Provider):
+    def __init__(self, name: str, config: ProviderConfig, client: UpstreamClient) -> None:
+        super().__init__(name, capabilities_for(config))
+        self._config = config
+        self._client = client
+        self._timeouts = config.timeouts
+        self._url = self._endpoint(config)
+        self._headers = {
+            "content-type": "application/json",
+            "accept": "application/json",
+            **self._auth_headers(config),
+            **config.headers,
+        }
+        self._stream_headers = {**self._headers, "accept": "text/event-stream"}
+
+    # -- the parts a subclass changes ---------------------------------------------------------
+
+    def _endpoint(self, config: ProviderConfig) -> str:
+        return (config.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+
+    def _auth_headers(self, config: ProviderConfig) -> dict[str, str]:
+        return {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+
+    def _url_for(self, call: UpstreamRequest) -> str:
+        return self._url
+
+    # -- the contract -------------------------------------------------------------------------
+
+    async def complete(self, call: UpstreamRequest) -> Completion:
+        body = dict(call.request.body)
+        body["model"] = call.model.upstream
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+        response = await self._client.post(
+            self._url_for(call), orjson.dumps(body), self._headers, self._timeouts, self.name
+        )
+        try:
+            if response.status != 200:
+                raise await self._status_error(response)
+            raw = await response.read()
+        finally:
+            response.release()
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError(
+                f"provider {self.name!r} answered 200 with a body that is not JSON",
+                provider=self.name,
+            ) from None
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
+            raise _error_from_payload(parsed, self.name, 502)
+        usage = parsed.get("usage")
+        return Completion(parsed, Usage.from_openai(usage) if isinstance(usage, dict) else None)
+
+    async def stream(self, call: UpstreamRequest) -> AsyncIterator[JSONObject]:
+        body = dict(call.request.body)
+        body["model"] = call.model.upstream
+        body["stream"] = True
+        options = body.get("stream_options")
+        body["stream_options"] = (
+            {**options, **_STREAM_OPTIONS} if isinstance(options, dict) else _STREAM_OPTIONS
+        )
+        response = await self._client.post(
+            self._url_for(call), orjson.dumps(body), self._stream_headers, self._timeouts, self.name
+        )
+        try:
+            if response.status != 200:
+                raise await self._status_error(response)
+            decoder = SSEDecoder()
+            finished = False
+            async for raw in response.iter_chunks():
+                for event in decoder.feed(raw):
+                    chunk = self._parse_event(event.data)
+                    if chunk is None:
+                        finished = True
+                        continue
+                    if chunk:
+                        yield chunk
+            for event in decoder.close():
+                chunk = self._parse_event(event.data)
+                if chunk is None:
+                    finished = True
+                elif chunk:
+                    yield chunk
+            if not finished:
+                raise UpstreamProtocolError(
+                    f"provider {self.name!r} ended the stream without [DONE]", provider=self.name
+                )
+        finally:
+            # Reached on normal end, on error, and when the gateway closes this generator
+            # because the client went away: the connection is dropped, never pooled half-read.
+            response.close()
+
+    def _parse_event(self, data: bytes) -> JSONObject | None:
+        """A chunk; ``{}`` for an event to skip; ``None`` for the ``[DONE]`` terminator."""
+        if data == b"[DONE]":
+            return None
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError(
+                f"provider {self.name!r} sent a stream event that is not JSON", provider=self.name
+            ) from None
+        if not isinstance(chunk, dict):
+            raise UpstreamProtocolError(
+                f"provider {self.name!r} sent a stream event that is not an object",
+                provider=self.name,
+            )
+        if chunk.get("error"):
+            raise _error_from_payload(chunk, self.name, 502)
+        choices = chunk.get("choices")
+        if not choices:
+            # Azure's prompt-filter annotation chunk has no choices and no usage: nothing to relay.
+            return chunk if chunk.get("usage") else {}
+        for choice in choices:
+            if "delta" not in choice or choice["delta"] is None:
+                choice["delta"] = {}  # Azure content-filter annotations omit it; SDKs need it
+        return chunk
+
+    async def _status_error(self, response: UpstreamResponse) -> UpstreamError:
+        raw = await response.read()
+        retry_after = parse_retry_after(response.headers)
+        try:
+            payload = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            payload = None
+        if isinstance(payload, list) and payload:
+            payload = payload[0]
+        if not isinstance(payload, dict):
+            kind = response.content_type or "an empty body"
+            return UpstreamStatusError.from_status(
+                response.status,
+                f"provider {self.name!r} answered HTTP {response.status} with {kind}, not a JSON "
+                "error",
+                provider=self.name,
+                retry_after=retry_after,
+            )
+        return _error_from_payload(payload, self.name, response.status, retry_after)
+
+
+class AzureOpenAIProvider(OpenAIProvider):
+    """Deployment URLs with ``api-version``, or the v1 API when no version is configured."""
+
+    def _endpoint(self, config: ProviderConfig) -> str:
+        base = (config.base_url or "").rstrip("/")
+        if config.api_version is None:
+            return f"{base}/openai/v1/chat/completions"
+        return (
+            base
+            + "/openai/deployments/{deployment}/chat/completions?api-version="
+            + (config.api_version)
+        )
+
+    def _auth_headers(self, config: ProviderConfig) -> dict[str, str]:
+        return {"api-key": config.api_key} if config.api_key else {}
+
+    def _url_for(self, call: UpstreamRequest) -> str:
+        return self._url.replace("{deployment}", call.model.upstream)
+
+
+def _error_from_payload(
+    payload: Any, provider: str, status: int, retry_after: float | None = None
+) -> UpstreamError:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        message = str(error) if error else "no error object in the body"
+        return UpstreamStatusError.from_status(
+            status, f"provider {provider!r}: {message}", provider=provider, retry_after=retry_after
+        )
+    message = str(error.get("message") or "no message")
+    code = error.get("code")
+    if status == 200 or status == 502:
+        # A mid-stream or error-first event: its numeric code (OpenRouter) or type decides.
+        if isinstance(code, int) and 400 <= code < 600:
+            status = code
+        elif error.get("type") in ("invalid_request_error",):
+            status = 400
+        elif error.get("type") in ("rate_limit_exceeded", "rate_limit_error"):
+            status = 429
+        else:
+            status = 502
+    upstream_type = error.get("type")
+    return UpstreamStatusError.from_status(
+        status,
+        f"provider {provider!r}: {message}",
+        provider=provider,
+        param=error.get("param") if isinstance(error.get("param"), str) else None,
+        upstream_type=upstream_type if isinstance(upstream_type, str) else None,
+        retry_after=retry_after,
+    )
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms``, then ``retry-after`` as seconds or an HTTP date."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError):
+        return None

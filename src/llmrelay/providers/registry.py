@@ -1,0 +1,35 @@
+"""Provider type → implementation, and building every configured provider at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from llmrelay.config import ConfigError, ProviderConfig, Settings
+from llmrelay.providers.base import Provider
+from llmrelay.providers.http import UpstreamClient
+from llmrelay.providers.mock import MockProvider
+from llmrelay.providers.openai import AzureOpenAIProvider, OpenAIProvider
+
+ProviderFactory = Callable[[str, ProviderConfig, UpstreamClient], Provider]
+
+_FACTORIES: dict[str, ProviderFactory] = {
+    "openai": OpenAIProvider,
+    "azure": AzureOpenAIProvider,
+    "mock": lambda name, config, _client: MockProvider(name, config),
+}
+
+
+def build_providers(settings: Settings, client: UpstreamClient) -> dict[str, Provider]:
+    problems: list[str] = []
+    providers: dict[str, Provider] = {}
+    for name, config in settings.providers.items():
+        factory = _FACTORIES.get(config.type)
+        if factory is None:
+            problems.append(
+                f"providers.{name}.type: {config.type!r} is not available in this build"
+            )
+            continue
+        providers[name] = factory(name, config, client)
+    if problems:
+        raise ConfigError(problems)
+    return providers
