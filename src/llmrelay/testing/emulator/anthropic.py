@@ -303,7 +303,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return sink.response
     await sink.open(200, {**headers, **_SSE_HEADERS})
     frames = stream_frames(behaviour, script, message_id=message_id, model=model)
-    await play(sink, frames, behaviour, error=_STREAM_ERROR, malformed=_MALFORMED)
+    await play(sink, frames, behaviour, error=lambda: _STREAM_ERROR, malformed=lambda: _MALFORMED)
     return sink.response
 
 

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from llmrelay.testing.emulator import anthropic, openai
+from llmrelay.testing.emulator import anthropic, gemini, openai
 from llmrelay.testing.emulator.recording import (
     RECORD_KEY,
     RECORDER_KEY,
@@ -55,6 +55,9 @@ async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
         if _client_gone(request):
             record.mark_disconnected()
         raise
+    except web.HTTPException as exc:
+        record.status = exc.status
+        raise
     except ConnectionError:
         record.mark_disconnected()
         # Nothing can reach the client any more; aiohttp swallows the failed write of this.
@@ -66,9 +69,12 @@ async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _list_models(request: web.Request) -> web.StreamResponse:
-    # OpenAI and Anthropic share the path; only Anthropic's SDK sends `anthropic-version`.
+    # The three providers share the path: Anthropic's SDK sends `anthropic-version`, Google's a
+    # Google API key, OpenAI's neither.
     if "anthropic-version" in request.headers:
         return await anthropic.list_models(request)
+    if gemini.has_api_key(request):
+        return await gemini.list_models(request)
     return await openai.list_models(request)
 
 
@@ -82,6 +88,7 @@ def build_app() -> web.Application:
     app[RECORDER_KEY] = Recorder()
     openai.add_routes(app)
     anthropic.add_routes(app)
+    gemini.add_routes(app)
     app.router.add_get("/v1/models", _list_models)
     return app
 

@@ -349,8 +349,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         sink,
         frames,
         behaviour,
-        error=b"data: " + _STREAM_ERROR + b"\n\n",
-        malformed=encoder.malformed(),
+        error=lambda: b"data: " + _STREAM_ERROR + b"\n\n",
+        malformed=encoder.malformed,
     )
     return sink.response
 

@@ -152,16 +152,18 @@ async def play(
     frames: Iterable[Frame],
     behaviour: Behaviour,
     *,
-    error: bytes,
-    malformed: bytes,
+    error: Callable[[], bytes],
+    malformed: Callable[[], bytes],
 ) -> None:
     """Write ``frames`` with ``delay``, ``drop``, ``error_first``, ``error_mid`` and ``malformed``.
 
-    ``error`` is the provider's in-stream error event; ``malformed`` a frame that is not valid
-    JSON. Faults fire before the first non-lead frame written after their token count.
+    ``error()`` renders the provider's in-stream error event; ``malformed()`` a frame that is not
+    valid JSON (called when needed, so they may depend on what was written). Faults fire before
+    the first non-lead frame after their token count: that frame has been pulled from ``frames``
+    already, and is then dropped (``drop``, ``error_mid``) or written after (``malformed``).
     """
     if behaviour.error_first:
-        await sink.write(error)
+        await sink.write(error())
         return
     delay = behaviour.delay_ms / 1000
     request = sink.request
@@ -174,11 +176,11 @@ async def play(
                 await sink.reset()
                 return
             if behaviour.error_mid is not None and tokens >= behaviour.error_mid:
-                await sink.write(error)
+                await sink.write(error())
                 return
             if malformed_pending and tokens >= (behaviour.malformed or 0):
                 malformed_pending = False
-                await sink.write(malformed)
+                await sink.write(malformed())
         if frame.tokens:
             if wrote_token and delay:
                 await pause(request, delay)
