@@ -47,7 +47,7 @@ async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers={name.lower(): value for name, value in request.headers.items()},
         json=body,
     )
-    request.app[RECORDER_KEY].requests.append(record)
+    request.app[RECORDER_KEY].add(record)
     request[RECORD_KEY] = record
     try:
         response = await handler(request)
@@ -78,14 +78,15 @@ async def _list_models(request: web.Request) -> web.StreamResponse:
     return await openai.list_models(request)
 
 
-def build_app() -> web.Application:
+def build_app(*, record: bool = True) -> web.Application:
     """An app serving the OpenAI, Anthropic and Gemini emulators, with its own :class:`Recorder`.
 
-    Run it with ``handler_cancellation=True`` (as :class:`EmulatorServer` does) so that a client
-    disconnect is noticed at once, even while the emulator waits.
+    ``record=False`` keeps no requests (for long runs). Run it with ``handler_cancellation=True``
+    (as :class:`EmulatorServer` does) so that a client disconnect is noticed at once, even while
+    the emulator waits.
     """
     app = web.Application(middlewares=[_record], client_max_size=64 * 1024 * 1024)
-    app[RECORDER_KEY] = Recorder()
+    app[RECORDER_KEY] = Recorder(enabled=record)
     openai.add_routes(app)
     anthropic.add_routes(app)
     gemini.add_routes(app)
@@ -97,12 +98,13 @@ class EmulatorServer:
     """Run the emulators on loopback for the duration of an ``async with`` block.
 
     ``port=0`` lets the OS choose a free port; read it from :attr:`port` or :attr:`base_url`.
+    ``record=False`` keeps no requests (benchmarks).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, record: bool = True) -> None:
         self._host = host
         self._requested_port = port
-        self.app = build_app()
+        self.app = build_app(record=record)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -132,6 +134,10 @@ class EmulatorServer:
     ) -> list[RecordedRequest]:
         """Wait until ``count`` requests arrived and (by default) finished; return the first."""
         return await self.app[RECORDER_KEY].wait_for(count, timeout, finished=finished)
+
+    def clear_requests(self) -> None:
+        """Forget the requests recorded so far (``wait_for_requests`` counts from here)."""
+        self.app[RECORDER_KEY].clear()
 
     async def start(self) -> None:
         """Bind and start serving."""
@@ -167,9 +173,12 @@ class EmulatorServer:
 
 
 def serve_forever(host: str, port: int) -> None:
-    """Serve the emulators on ``host:port`` until interrupted (``llmrelay mock-upstream``)."""
+    """Serve the emulators on ``host:port`` until interrupted (``llmrelay mock-upstream``).
+
+    Requests are not recorded: nothing reads them, and a long run would grow without bound.
+    """
     web.run_app(
-        build_app(),
+        build_app(record=False),
         host=host,
         port=port,
         handler_cancellation=True,

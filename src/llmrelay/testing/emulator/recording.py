@@ -54,9 +54,23 @@ class RecordedRequest:
 
 @dataclass(slots=True)
 class Recorder:
-    """The requests one emulator app has seen, oldest first."""
+    """The requests one emulator app has seen, oldest first.
+
+    With ``enabled=False`` nothing is kept (a long-running ``mock-upstream`` or a benchmark would
+    otherwise grow without bound); each request is still tracked while it is answered.
+    """
 
     requests: list[RecordedRequest] = field(default_factory=list)
+    enabled: bool = True
+
+    def add(self, record: RecordedRequest) -> None:
+        """Keep ``record`` (when enabled)."""
+        if self.enabled:
+            self.requests.append(record)
+
+    def clear(self) -> None:
+        """Forget every request seen so far."""
+        self.requests.clear()
 
     async def wait_for(
         self,
