@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -111,3 +114,12 @@ def test_script_is_internally_consistent(
         assert script.completion_tokens == reasoning + chunks
         if chunks:
             assert script.text.split()[: len(words) + 1] == ["Echo:", *words][:chunks]
+
+
+async def test_docs_example_runs() -> None:
+    """The first Python example in docs/testing.md is executed as written."""
+    docs = Path(__file__).parents[2] / "docs" / "testing.md"
+    source = docs.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(source, str(docs), "exec"), namespace)
+    await namespace["test_echo"]()
