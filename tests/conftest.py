@@ -17,6 +17,7 @@ EMULATED = [
     "gpt+chunks=3",
     "gpt+no_usage",
     "gpt+tools=2",
+    "gpt+utf8",
     "gpt+utf8+bytewise",
     "gpt+comments+crlf",
     "gpt+drop=3",

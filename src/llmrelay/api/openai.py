@@ -201,6 +201,8 @@ class OpenAISurface:
         try:
             first = opened.first
             if first is None and opened.pending_first is not None:
+                # Committed on the keep-alive timer: the line has been quiet that long already.
+                await writer.write(KEEPALIVE)
                 try:
                     first = await opened.pending_first
                 except StopAsyncIteration:

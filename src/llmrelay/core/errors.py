@@ -207,7 +207,7 @@ class UpstreamStatusError(UpstreamError):
     ) -> UpstreamError:
         if upstream_status == 429:
             return UpstreamRateLimited(message, provider=provider, retry_after=retry_after)
-        if upstream_status in (502, 503, 529):
+        if upstream_status in (503, 529):
             return UpstreamUnavailable(message, provider=provider, retry_after=retry_after)
         if upstream_status == 504 or upstream_status == 408:
             return UpstreamTimeout(message, provider=provider)

@@ -160,6 +160,13 @@ class OpenAIProvider(Provider):
             payload = payload[0]
         if not isinstance(payload, dict):
             kind = response.content_type or "an empty body"
+            if response.status >= 500:
+                return UpstreamProtocolError(
+                    f"provider {self.name!r} answered HTTP {response.status} with {kind}, not a "
+                    "JSON error",
+                    provider=self.name,
+                    retry_after=retry_after,
+                )
             return UpstreamStatusError.from_status(
                 response.status,
                 f"provider {self.name!r} answered HTTP {response.status} with {kind}, not a JSON "
