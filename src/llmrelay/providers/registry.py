@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llmrelay.config import ConfigError, ProviderConfig, Settings
+from llmrelay.providers.anthropic import AnthropicProvider
 from llmrelay.providers.base import Provider
+from llmrelay.providers.gemini import GeminiProvider
 from llmrelay.providers.http import UpstreamClient
 from llmrelay.providers.mock import MockProvider
 from llmrelay.providers.openai import AzureOpenAIProvider, OpenAIProvider
@@ -15,6 +17,8 @@ ProviderFactory = Callable[[str, ProviderConfig, UpstreamClient], Provider]
 _FACTORIES: dict[str, ProviderFactory] = {
     "openai": OpenAIProvider,
     "azure": AzureOpenAIProvider,
+    "anthropic": AnthropicProvider,
+    "gemini": GeminiProvider,
     "mock": lambda name, config, _client: MockProvider(name, config),
 }
 
@@ -29,7 +33,10 @@ def build_providers(settings: Settings, client: UpstreamClient) -> dict[str, Pro
                 f"providers.{name}.type: {config.type!r} is not available in this build"
             )
             continue
-        providers[name] = factory(name, config, client)
+        try:
+            providers[name] = factory(name, config, client)
+        except ConfigError as exc:  # a preset the config names but that does not exist...
+            problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
     return providers

@@ -1,0 +1,64 @@
+"""Reading an upstream answer, for providers that translate: JSON bodies and SSE events.
+
+The bytes → JSON step is the same for every provider; what the JSON means is each provider's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from llmrelay.core.errors import UpstreamProtocolError
+from llmrelay.core.sse import SSEDecoder, SSEEvent
+from llmrelay.providers.http import UpstreamResponse
+from llmrelay.providers.openai import parse_retry_after
+
+
+async def read_json(response: UpstreamResponse, provider: str) -> Any:
+    """The whole body of a 200 answer, parsed."""
+    raw = await response.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(
+            f"provider {provider!r} answered 200 with a body that is not JSON", provider=provider
+        ) from None
+
+
+async def read_error(response: UpstreamResponse) -> tuple[Any, float | None]:
+    """An error answer's parsed body (None when it is not JSON) and its Retry-After in seconds."""
+    raw = await response.read()
+    try:
+        payload = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        payload = None
+    if isinstance(payload, list) and payload:
+        payload = payload[0]  # Google's non-SSE streams wrap the error in an array
+    return payload, parse_retry_after(response.headers)
+
+
+async def sse_events(response: UpstreamResponse) -> AsyncIterator[SSEEvent]:
+    """Every SSE event of the body, including one left pending when the body ends."""
+    decoder = SSEDecoder()
+    async for raw in response.iter_chunks():
+        for event in decoder.feed(raw):
+            yield event
+    for event in decoder.close():
+        yield event
+
+
+def event_json(data: bytes, provider: str) -> dict[str, Any]:
+    """One event's ``data`` as a JSON object."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(
+            f"provider {provider!r} sent a stream event that is not JSON", provider=provider
+        ) from None
+    if not isinstance(parsed, dict):
+        raise UpstreamProtocolError(
+            f"provider {provider!r} sent a stream event that is not an object", provider=provider
+        )
+    return parsed
