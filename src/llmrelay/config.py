@@ -6,6 +6,7 @@ can list them all. Unknown keys are errors: a typo must never silently change be
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Mapping
@@ -109,6 +110,8 @@ class Settings(_Frozen):
     keepalive_seconds: float = Field(15.0, gt=0)
     max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     key_cache_seconds: float = Field(5.0, gt=0)
+    client_body_timeout_seconds: float = Field(30.0, gt=0)
+    client_write_timeout_seconds: float = Field(60.0, gt=0)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: tuple[ModelConfig, ...] = ()
     router: RouterConfig = RouterConfig()
@@ -121,6 +124,7 @@ def load_settings(
 ) -> Settings:
     """Load a config file (or the embedded defaults when ``path`` is None) and validate it."""
     env = os.environ if env is None else env
+    problems: list[str] = []
     if path is None:
         raw = default_config(env)
     else:
@@ -136,10 +140,8 @@ def load_settings(
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError([f"{path}: the top level must be a mapping"])
-        problems: list[str] = []
+        # Unset variables are reported with everything else, not instead of it.
         raw = _expand_env(loaded, env, (), problems)
-        if problems:
-            raise ConfigError(problems)
         raw = _with_curated_models(raw)
     for name, key in (
         ("database_url", "LLMRELAY_DATABASE_URL"),
@@ -147,14 +149,43 @@ def load_settings(
     ):
         if env.get(key):
             raw[name] = env[key]
+    settings: Settings | None
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_describe(err) for err in exc.errors()]) from None
-    problems = check_references(settings)
-    if problems:
+        errors = exc.errors()
+        problems.extend(_describe(err) for err in errors)
+        settings = _validate_pruned(raw, errors)
+    if settings is not None:
+        problems.extend(check_references(settings))
+    if problems or settings is None:
         raise ConfigError(problems)
     return settings
+
+
+def _validate_pruned(raw: dict[str, Any], errors: list[Any]) -> Settings | None:
+    """The settings without the offending keys, so cross-references can still be checked.
+
+    Only mapping keys are dropped (an unknown key, a bad value that has a default); when an
+    error cannot be pruned that way, None: the schema problems are reported alone.
+    """
+    pruned = copy.deepcopy(raw)
+    for err in errors:
+        *parents, last = err["loc"] or ("",)
+        node: Any = pruned
+        for part in parents:
+            in_dict = isinstance(node, dict) and part in node
+            in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+            if not (in_dict or in_list):
+                return None
+            node = node[part]
+        if err["type"] == "missing" or not isinstance(node, dict) or last not in node:
+            return None
+        del node[last]
+    try:
+        return Settings.model_validate(pruned)
+    except ValidationError:
+        return None
 
 
 def _describe(err: Any) -> str:

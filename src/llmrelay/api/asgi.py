@@ -7,13 +7,14 @@ latency that the gateway exists to avoid (measured in docs/performance.md).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 
-from llmrelay.core.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from llmrelay.core.errors import GatewayError, InvalidRequest, PayloadTooLarge, RequestTimeout
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,7 +77,17 @@ class Request:
                 return value.strip().decode("latin-1")
         return self.query.get("key")
 
-    async def body(self, limit: int) -> bytes:
+    async def body(self, limit: int, time_limit: float = 30.0) -> bytes:
+        """The whole body, at most ``limit`` bytes (413), within ``time_limit`` seconds (408)."""
+        try:
+            async with asyncio.timeout(time_limit):
+                return await self._read_body(limit)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {time_limit:g} seconds"
+            ) from None
+
+    async def _read_body(self, limit: int) -> bytes:
         length = self.header(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")

@@ -136,7 +136,11 @@ class OpenAISurface:
         exchange = Exchange(key, "openai")
         try:
             request.require_json()
-            body = parse_json_object(await request.body(gateway.settings.max_request_bytes))
+            settings = gateway.settings
+            raw = await request.body(
+                settings.max_request_bytes, settings.client_body_timeout_seconds
+            )
+            body = parse_json_object(raw)
             chat = validate_chat_request(body)
             gateway.admit(exchange, chat)
         except ClientDisconnected:
@@ -151,7 +155,7 @@ class OpenAISurface:
         watcher = DisconnectWatcher(request.receive, exchange)
         try:
             if chat.stream:
-                await self._stream(exchange, chat, send)
+                await self._stream(exchange, chat, send, watcher)
             else:
                 await self._complete(exchange, chat, send)
         except asyncio.CancelledError:
@@ -171,7 +175,9 @@ class OpenAISurface:
             return
         await send_json(send, 200, completion.body, resolved_headers(exchange))
 
-    async def _stream(self, exchange: Exchange, chat: ChatRequest, send: Send) -> None:
+    async def _stream(
+        self, exchange: Exchange, chat: ChatRequest, send: Send, watcher: DisconnectWatcher
+    ) -> None:
         gateway = self.gateway
         try:
             opened = await gateway.open_stream(exchange, chat)
@@ -180,12 +186,17 @@ class OpenAISurface:
             await send_openai_error(send, error, resolved_headers(exchange))
             return
         try:
-            await self._relay(exchange, chat, opened, send)
+            await self._relay(exchange, chat, opened, send, watcher)
         finally:
             await gateway.close_stream(exchange, opened)
 
     async def _relay(
-        self, exchange: Exchange, chat: ChatRequest, opened: OpenedStream, send: Send
+        self,
+        exchange: Exchange,
+        chat: ChatRequest,
+        opened: OpenedStream,
+        send: Send,
+        watcher: DisconnectWatcher,
     ) -> None:
         gateway = self.gateway
         await send(
@@ -195,23 +206,33 @@ class OpenAISurface:
                 "headers": SSE_HEADERS + resolved_headers(exchange),
             }
         )
-        writer = StreamWriter(send, KEEPALIVE, gateway.settings.keepalive_seconds)
+        settings = gateway.settings
+        writer = StreamWriter(
+            send,
+            KEEPALIVE,
+            settings.keepalive_seconds,
+            settings.client_write_timeout_seconds,
+            watcher.client_stalled,
+        )
         writer.start()
         encoder = ChunkEncoder(exchange)
         try:
-            first = opened.first
-            if first is None and opened.pending_first is not None:
+            if opened.waiting:
                 # Committed on the keep-alive timer: the line has been quiet that long already.
                 await writer.write(KEEPALIVE)
+            first = opened.first
+            ended = opened.ended
+            if first is None and opened.pending_first is not None:
                 try:
                     first = await opened.pending_first
                 except StopAsyncIteration:
-                    first = None
+                    ended = True
             if first is not None:
                 exchange.observe_chunk(first)
                 data = encoder.encode(first)
                 if data is not None:
                     await writer.write(data)
+            if not ended:
                 async for chunk in opened.chunks:
                     exchange.observe_chunk(chunk)
                     data = encoder.encode(chunk)

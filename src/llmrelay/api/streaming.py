@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from llmrelay.api.asgi import Receive, Send
 from llmrelay.core.exchange import Exchange
@@ -13,25 +14,51 @@ class StreamWriter:
     """Writes body bytes and, from a watchdog task, a keep-alive whenever the line goes quiet.
 
     The watchdog keeps the gap between bytes to the client under ``interval`` seconds for the
-    whole life of the stream, including a long silent wait for the first token.
+    whole life of the stream, including a long silent wait for the first token. It also bounds a
+    client that stops reading: ``send`` blocks once the server's write buffer is full (so memory
+    stays bounded by that buffer), and a send blocked for ``write_timeout`` seconds calls
+    ``on_stall``, which ends the request as if the client had gone.
     """
 
-    __slots__ = ("_interval", "_keepalive", "_last", "_loop", "_send", "_task")
+    __slots__ = (
+        "_blocked_since",
+        "_interval",
+        "_keepalive",
+        "_last",
+        "_loop",
+        "_on_stall",
+        "_send",
+        "_task",
+        "_write_timeout",
+    )
 
-    def __init__(self, send: Send, keepalive: bytes, interval: float) -> None:
+    def __init__(
+        self,
+        send: Send,
+        keepalive: bytes,
+        interval: float,
+        write_timeout: float,
+        on_stall: Callable[[], None],
+    ) -> None:
         self._send = send
         self._keepalive = keepalive
         self._interval = interval
+        self._write_timeout = write_timeout
+        self._on_stall = on_stall
         self._loop = asyncio.get_running_loop()
         self._last = self._loop.time()
+        self._blocked_since: float | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._watch())
 
     async def write(self, data: bytes) -> None:
-        self._last = self._loop.time()
+        now = self._loop.time()
+        self._last = now
+        self._blocked_since = now
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        self._blocked_since = None
 
     async def end(self, data: bytes = b"") -> None:
         self.stop()
@@ -44,7 +71,15 @@ class StreamWriter:
 
     async def _watch(self) -> None:
         while True:
-            wait = self._last + self._interval - self._loop.time()
+            now = self._loop.time()
+            blocked = self._blocked_since
+            if blocked is not None:
+                if now - blocked >= self._write_timeout:
+                    self._on_stall()
+                    return
+                await asyncio.sleep(min(self._interval, blocked + self._write_timeout - now))
+                continue
+            wait = self._last + self._interval - now
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
@@ -58,7 +93,7 @@ class DisconnectWatcher:
     next ``receive()`` returns exactly when the client is gone.
     """
 
-    __slots__ = ("_task",)
+    __slots__ = ("_exchange", "_target", "_task")
 
     def __init__(self, receive: Receive, exchange: Exchange) -> None:
         target = asyncio.current_task()
@@ -73,6 +108,13 @@ class DisconnectWatcher:
                     return
 
         self._task = asyncio.create_task(watch())
+        self._target = target
+        self._exchange = exchange
+
+    def client_stalled(self) -> None:
+        """The client stopped reading: end the request as if it had disconnected."""
+        self._exchange.client_gone = True
+        self._target.cancel()
 
     def stop(self) -> None:
         self._task.cancel()

@@ -12,6 +12,7 @@ the surfaces render it without a single ``if``::
     ├── PermissionDenied            403 permission_denied
     ├── NotFound                    404 not_found
     │   └── ModelNotFound           404 model_not_found
+    ├── RequestTimeout              408 request_timeout       (the client sent its body too slowly)
     ├── PayloadTooLarge             413 request_too_large
     ├── RateLimited                 429 rate_limit_exceeded   (the key's own limits)
     ├── ServiceUnavailable          503 service_unavailable   (the gateway itself, e.g. store down)
@@ -37,6 +38,7 @@ _ANTHROPIC_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
@@ -51,6 +53,7 @@ _GEMINI_STATUSES = {
     402: "FAILED_PRECONDITION",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
     413: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
@@ -145,6 +148,12 @@ class NotFound(GatewayError):
 
 class ModelNotFound(NotFound):
     type = "model_not_found"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "request_timeout"
+    log_level = logging.INFO
 
 
 class PayloadTooLarge(GatewayError):

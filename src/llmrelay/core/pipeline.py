@@ -33,6 +33,7 @@ from llmrelay.core.errors import (
 )
 from llmrelay.core.exchange import Exchange
 from llmrelay.core.routing import Router
+from llmrelay.core.shielded import ShieldedStream
 from llmrelay.core.tokens import estimate_prompt_tokens
 from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
 from llmrelay.providers.base import Provider, UpstreamRequest
@@ -45,12 +46,19 @@ _RETRY_BASE_SECONDS = 0.05
 
 @dataclass(slots=True)
 class OpenedStream:
-    """A stream whose upstream answered: ``first`` is its first chunk, or None if still waiting."""
+    """A stream the gateway may commit to.
+
+    ``first`` is its first chunk when it came within ``keepalive_seconds``; otherwise ``waiting``
+    is true and the first chunk is still to come (``pending_first``, or simply the next item of
+    ``chunks``). ``ended`` means the upstream finished without sending a single chunk.
+    """
 
     chunks: AsyncIterator[JSONObject]
     provider: Provider
-    pending_first: asyncio.Future[JSONObject] | None
-    first: JSONObject | None
+    first: JSONObject | None = None
+    pending_first: asyncio.Future[JSONObject] | None = None
+    waiting: bool = False
+    ended: bool = False
 
 
 class Gateway:
@@ -173,11 +181,11 @@ class Gateway:
                     await _close_quietly(chunks)
                     raise
                 if not done:
-                    return OpenedStream(chunks, provider, pending, None)
+                    return self._opened(exchange, provider, chunks, None, pending)
                 try:
                     first = pending.result()
                 except StopAsyncIteration:
-                    return OpenedStream(chunks, provider, None, None)
+                    return OpenedStream(chunks, provider, ended=True)
                 except UpstreamError as exc:
                     await _close_quietly(chunks)
                     if not exc.is_retryable:
@@ -187,28 +195,38 @@ class Gateway:
                         await asyncio.sleep(_RETRY_BASE_SECONDS * (1 + random.random()))
                         continue
                     break
-                return OpenedStream(chunks, provider, None, first)
+                return self._opened(exchange, provider, chunks, first, None)
         raise _exhausted(failures)
+
+    def _opened(
+        self,
+        exchange: Exchange,
+        provider: Provider,
+        chunks: AsyncIterator[JSONObject],
+        first: JSONObject | None,
+        pending: asyncio.Future[JSONObject] | None,
+    ) -> OpenedStream:
+        if provider.capabilities.supports_cancellation:
+            return OpenedStream(chunks, provider, first, pending, waiting=pending is not None)
+        # The upstream keeps billing after a disconnect: read it from a task the client's
+        # cancellation cannot reach, so the answer can be drained and billed whole.
+        shielded = ShieldedStream(
+            chunks, pending, exchange, self._finish_drained, DRAIN_TIMEOUT_SECONDS
+        )
+        self._track(shielded.task)
+        return OpenedStream(shielded, provider, first, waiting=pending is not None)
+
+    def _finish_drained(self, exchange: Exchange) -> None:
+        self.finish(exchange, force=True)
 
     async def close_stream(self, exchange: Exchange, opened: OpenedStream) -> None:
         """End the upstream side: abort it, or for a provider that cannot cancel, drain it."""
         if opened.pending_first is not None and not opened.pending_first.done():
             opened.pending_first.cancel()
-        if exchange.client_gone and not opened.provider.capabilities.supports_cancellation:
-            self._spawn(self._drain_stream(exchange, opened.chunks))
+        if exchange.client_gone and isinstance(opened.chunks, ShieldedStream):
+            opened.chunks.detach()
             return
         await _close_quietly(opened.chunks)
-
-    async def _drain_stream(self, exchange: Exchange, chunks: AsyncIterator[JSONObject]) -> None:
-        try:
-            async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
-                async for chunk in chunks:
-                    exchange.observe_chunk(chunk)
-        except Exception as exc:
-            log.info("drain of %s ended: %s", exchange.id, exc.__class__.__name__)
-        finally:
-            await _close_quietly(chunks)
-            self.finish(exchange, force=True)
 
     async def _bill_after_drain(self, exchange: Exchange, task: asyncio.Future[Completion]) -> None:
         try:
@@ -221,7 +239,9 @@ class Gateway:
             self.finish(exchange, force=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
+        self._track(asyncio.ensure_future(coro))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -233,9 +253,15 @@ class Gateway:
             and not (self._provider(exchange.model).capabilities.supports_cancellation)
         )
 
-    async def wait_background(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+    async def wait_background(self, time_limit: float = 10.0) -> None:
+        """At shutdown: let drains finish for a while, then stop them (each still bills)."""
+        if not self._background:
+            return
+        pending = set(self._background)
+        _, still_running = await asyncio.wait(pending, timeout=time_limit)
+        for task in still_running:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # -- metering -----------------------------------------------------------------------------
 

@@ -1,0 +1,113 @@
+"""A stream that outlives its client, for providers that keep generating after a disconnect.
+
+Such a provider bills the whole answer whatever the client does, so the gateway must read it to the
+end to bill it honestly. The upstream is therefore consumed by its own task, which hands chunks to
+the client through a bounded queue (backpressure is kept: a slow client slows the upstream read).
+When the client goes away the stream is *detached*: the task keeps reading, only metering, and
+writes the ledger row when the upstream ends (or after a time limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from llmrelay.core.exchange import Exchange
+from llmrelay.core.types import JSONObject
+
+log = logging.getLogger("llmrelay.pipeline")
+
+_END = object()
+_QUEUE_CHUNKS = 64
+
+
+class ShieldedStream:
+    def __init__(
+        self,
+        chunks: AsyncIterator[JSONObject],
+        first: asyncio.Future[JSONObject] | None,
+        exchange: Exchange,
+        on_drained: Callable[[Exchange], None],
+        drain_seconds: float,
+    ) -> None:
+        self._chunks = chunks
+        self._first = first
+        self._exchange = exchange
+        self._on_drained = on_drained
+        self._drain_seconds = drain_seconds
+        self._queue: asyncio.Queue[object] = asyncio.Queue(_QUEUE_CHUNKS)
+        self._detached = False
+        self._task = asyncio.create_task(self._pump())
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        return self._task
+
+    def __aiter__(self) -> AsyncIterator[JSONObject]:
+        return self
+
+    async def __anext__(self) -> JSONObject:
+        item = await self._queue.get()
+        if item is _END:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[return-value]
+
+    def detach(self) -> None:
+        """The client is gone: keep reading to the end, metering only, then bill."""
+        self._detached = True
+        self._meter_queued()
+        self._task.get_loop().call_later(self._drain_seconds, self._task.cancel)
+
+    def _meter_queued(self) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, dict):
+                self._exchange.observe_chunk(item)
+
+    async def aclose(self) -> None:
+        """The stream ended normally or by a failure: stop reading."""
+        if not self._detached:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _pump(self) -> None:
+        try:
+            if self._first is not None:
+                try:
+                    await self._deliver(await self._first)
+                except StopAsyncIteration:
+                    await self._deliver(_END)
+                    return
+            async for chunk in self._chunks:
+                await self._deliver(chunk)
+            await self._deliver(_END)
+        except Exception as exc:
+            if self._detached:
+                log.info("drain of %s ended: %s", self._exchange.id, exc.__class__.__name__)
+            else:
+                await self._queue.put(exc)
+        finally:
+            close = getattr(self._chunks, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+            if self._detached:
+                self._on_drained(self._exchange)
+
+    async def _deliver(self, item: object) -> None:
+        if self._detached:
+            if isinstance(item, dict):
+                self._exchange.observe_chunk(item)
+            return
+        await self._queue.put(item)
+        if self.detached:  # detached while waiting for room: the consumer is gone
+            self._meter_queued()
+
+    @property
+    def detached(self) -> bool:
+        return self._detached
