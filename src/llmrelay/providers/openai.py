@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
 from time import time
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -23,16 +24,19 @@ from llmrelay.core.errors import (
 from llmrelay.core.sse import SSEDecoder
 from llmrelay.core.types import Completion, JSONObject, Usage
 from llmrelay.providers.base import Provider, UpstreamRequest
-from llmrelay.providers.capabilities import capabilities_for
+from llmrelay.providers.capabilities import capabilities_for, check_request
 from llmrelay.providers.http import UpstreamClient, UpstreamResponse
+from llmrelay.providers.presets import OPENAI_BASE_URL, adapt_body, azure_overrides, preset_for
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_STREAM_OPTIONS = {"include_usage": True}
+DEFAULT_BASE_URL = OPENAI_BASE_URL
 
 
 class OpenAIProvider(Provider):
     def __init__(self, name: str, config: ProviderConfig, client: UpstreamClient) -> None:
-        super().__init__(name, capabilities_for(config))
+        # A preset (or the api-version, for Azure) is a set of capability overrides: the quirks
+        # of a host are applied by the one mechanism in `adapt_body` and `check_request`.
+        self._preset = preset_for(name, config)
+        super().__init__(name, capabilities_for(config, self._overrides(config)))
         self._config = config
         self._client = client
         self._timeouts = config.timeouts
@@ -47,8 +51,13 @@ class OpenAIProvider(Provider):
 
     # -- the parts a subclass changes ---------------------------------------------------------
 
+    def _overrides(self, config: ProviderConfig) -> dict[str, Any]:
+        return dict(self._preset.capabilities) if self._preset is not None else {}
+
     def _endpoint(self, config: ProviderConfig) -> str:
-        return (config.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+        preset_url = self._preset.base_url if self._preset is not None else None
+        base = config.base_url or preset_url or DEFAULT_BASE_URL
+        return base.rstrip("/") + "/chat/completions"
 
     def _auth_headers(self, config: ProviderConfig) -> dict[str, str]:
         return {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
@@ -58,11 +67,12 @@ class OpenAIProvider(Provider):
 
     # -- the contract -------------------------------------------------------------------------
 
+    def _wire_body(self, call: UpstreamRequest, *, stream: bool) -> JSONObject:
+        check_request(call.request, call.model, self.capabilities, self.name)
+        return adapt_body(call.request.body, call.model.upstream, self.capabilities, stream=stream)
+
     async def complete(self, call: UpstreamRequest) -> Completion:
-        body = dict(call.request.body)
-        body["model"] = call.model.upstream
-        body.pop("stream", None)
-        body.pop("stream_options", None)
+        body = self._wire_body(call, stream=False)
         response = await self._client.post(
             self._url_for(call), orjson.dumps(body), self._headers, self._timeouts, self.name
         )
@@ -85,13 +95,7 @@ class OpenAIProvider(Provider):
         return Completion(parsed, Usage.from_openai(usage) if isinstance(usage, dict) else None)
 
     async def stream(self, call: UpstreamRequest) -> AsyncIterator[JSONObject]:
-        body = dict(call.request.body)
-        body["model"] = call.model.upstream
-        body["stream"] = True
-        options = body.get("stream_options")
-        body["stream_options"] = (
-            {**options, **_STREAM_OPTIONS} if isinstance(options, dict) else _STREAM_OPTIONS
-        )
+        body = self._wire_body(call, stream=True)
         response = await self._client.post(
             self._url_for(call), orjson.dumps(body), self._stream_headers, self._timeouts, self.name
         )
@@ -140,13 +144,20 @@ class OpenAIProvider(Provider):
             )
         if chunk.get("error"):
             raise _error_from_payload(chunk, self.name, 502)
-        choices = chunk.get("choices")
-        if not choices:
-            # Azure's prompt-filter annotation chunk has no choices and no usage: nothing to relay.
-            return chunk if chunk.get("usage") else {}
+        # Azure's content-filter annotations are choices without a delta: drop the ones that carry
+        # nothing else, and give a `delta` to one that ends the choice (the SDKs need it).
+        choices = [
+            choice
+            for choice in chunk.get("choices") or ()
+            if choice.get("delta") is not None or choice.get("finish_reason")
+        ]
         for choice in choices:
-            if "delta" not in choice or choice["delta"] is None:
-                choice["delta"] = {}  # Azure content-filter annotations omit it; SDKs need it
+            if choice.get("delta") is None:
+                choice["delta"] = {}
+        chunk["choices"] = choices
+        if not choices:
+            # Azure's prompt-filter chunk has no choices and no usage: nothing to relay.
+            return chunk if chunk.get("usage") else {}
         return chunk
 
     async def _status_error(self, response: UpstreamResponse) -> UpstreamError:
@@ -178,23 +189,33 @@ class OpenAIProvider(Provider):
 
 
 class AzureOpenAIProvider(OpenAIProvider):
-    """Deployment URLs with ``api-version``, or the v1 API when no version is configured."""
+    """Deployment URLs with a dated ``api-version``, or the v1 API.
+
+    ``api_version`` null or ``v1``: ``{base}/openai/v1/chat/completions`` (latest GA);
+    ``preview``/``latest``: the same with that ``api-version``; a date: the classic
+    ``{base}/openai/deployments/{deployment}/chat/completions?api-version=DATE``. Either way the
+    catalogue's upstream name is the deployment name. ``base_url`` may be the bare resource
+    endpoint or already end in ``/openai`` or ``/openai/v1``, as the portal shows it.
+    """
+
+    _V1_VERSIONS = (None, "v1", "preview", "latest")
+
+    def _overrides(self, config: ProviderConfig) -> dict[str, Any]:
+        return azure_overrides(config.api_version)
 
     def _endpoint(self, config: ProviderConfig) -> str:
-        base = (config.base_url or "").rstrip("/")
-        if config.api_version is None:
-            return f"{base}/openai/v1/chat/completions"
-        return (
-            base
-            + "/openai/deployments/{deployment}/chat/completions?api-version="
-            + (config.api_version)
-        )
+        base = (config.base_url or "").rstrip("/").removesuffix("/v1").removesuffix("/openai")
+        version = config.api_version
+        if version in self._V1_VERSIONS:
+            query = f"?api-version={version}" if version in ("preview", "latest") else ""
+            return f"{base}/openai/v1/chat/completions{query}"
+        return f"{base}/openai/deployments/{{deployment}}/chat/completions?api-version={version}"
 
     def _auth_headers(self, config: ProviderConfig) -> dict[str, str]:
         return {"api-key": config.api_key} if config.api_key else {}
 
     def _url_for(self, call: UpstreamRequest) -> str:
-        return self._url.replace("{deployment}", call.model.upstream)
+        return self._url.replace("{deployment}", quote(call.model.upstream, safe=""))
 
 
 def _error_from_payload(
