@@ -11,6 +11,7 @@ from llmrelay.providers.gemini import GeminiProvider
 from llmrelay.providers.http import UpstreamClient
 from llmrelay.providers.mock import MockProvider
 from llmrelay.providers.openai import AzureOpenAIProvider, OpenAIProvider
+from llmrelay.providers.presets import preset_for
 
 ProviderFactory = Callable[[str, ProviderConfig, UpstreamClient], Provider]
 
@@ -34,8 +35,9 @@ def build_providers(settings: Settings, client: UpstreamClient) -> dict[str, Pro
             )
             continue
         try:
+            preset_for(name, config)  # a preset that does not exist, or on a type without any
             providers[name] = factory(name, config, client)
-        except ConfigError as exc:  # a preset the config names but that does not exist...
+        except ConfigError as exc:
             problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
