@@ -15,13 +15,24 @@ from llmrelay.accounting.ledger import LedgerWriter
 from llmrelay.accounting.limits import LocalLimiter
 from llmrelay.accounting.store import SqlStore
 from llmrelay.api.admin import AdminSurface
-from llmrelay.api.asgi import Receive, Request, Scope, Send, send_json, send_openai_error
+from llmrelay.api.asgi import (
+    Receive,
+    Request,
+    Scope,
+    Send,
+    send_bytes,
+    send_json,
+    send_openai_error,
+)
+from llmrelay.api.anthropic import AnthropicSurface
 from llmrelay.api.openai import OpenAISurface
 from llmrelay.config import Settings, load_settings
 from llmrelay.core.catalogue import Catalogue
 from llmrelay.core.errors import GatewayError, NotFound
 from llmrelay.core.pipeline import Gateway
 from llmrelay.core.routing import Router
+from llmrelay.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from llmrelay.observability.wiring import Observability
 from llmrelay.providers.base import Provider
 from llmrelay.providers.http import UpstreamClient
 from llmrelay.providers.registry import build_providers
@@ -49,6 +60,7 @@ class App:
         self.catalogue = Catalogue(settings)
         self.client = UpstreamClient()
         self.providers: dict[str, Provider] = build_providers(settings, self.client)
+        self.observability = Observability(settings, self.ledger)
         self.gateway = Gateway(
             settings,
             self.catalogue,
@@ -58,15 +70,20 @@ class App:
             self.ledger,
             Router(settings.router, self.catalogue, None),
             self.store,
+            self.observability.observers,
         )
         openai = OpenAISurface(self.gateway)
+        anthropic = AnthropicSurface(self.gateway)
         admin = AdminSurface(self.gateway)
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": openai.chat_completions},
             "/v1/models": {"GET": openai.models},
             "/v1/key": {"GET": openai.key},
             "/v1/generation": {"GET": openai.generation},
+            "/v1/messages": {"POST": anthropic.messages},
+            "/v1/messages/count_tokens": {"POST": anthropic.count_tokens},
             "/health": {"GET": self._health},
+            "/metrics": {"GET": self._metrics},
             "/admin/keys": {
                 "POST": lambda r, s: admin.dispatch(r, s, "create_key"),
                 "GET": lambda r, s: admin.dispatch(r, s, "list_keys"),
@@ -123,11 +140,16 @@ class App:
             },
         )
 
+    async def _metrics(self, request: Request, send: Send) -> None:
+        body = self.observability.metrics.render()
+        await send_bytes(send, 200, body, [(b"content-type", METRICS_CONTENT_TYPE.encode())])
+
     async def startup(self) -> None:
         await self.store.open()
         self.client.start()
         self.keys.start()
         self.ledger.start()
+        self.observability.start()
         self.started = True
 
     async def shutdown(self) -> None:
@@ -138,6 +160,7 @@ class App:
             await provider.close()
         await self.client.close()
         await self.store.close()
+        await self.observability.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -36,6 +36,7 @@ from llmrelay.core.routing import Router
 from llmrelay.core.shielded import ShieldedStream
 from llmrelay.core.tokens import estimate_prompt_tokens
 from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
+from llmrelay.observability.observer import Observer
 from llmrelay.providers.base import Provider, UpstreamRequest
 
 log = logging.getLogger("llmrelay.pipeline")
@@ -72,6 +73,7 @@ class Gateway:
         ledger: LedgerWriter,
         router: Router,
         store: Store,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -81,6 +83,7 @@ class Gateway:
         self.limiter = limiter
         self.ledger = ledger
         self.router = router
+        self.observer = observer or Observer()
         self._background: set[asyncio.Task[None]] = set()
 
     # -- before the upstream call -------------------------------------------------------------
@@ -90,6 +93,7 @@ class Gateway:
 
     def admit(self, exchange: Exchange, request: ChatRequest) -> None:
         """Route the request and run the key's checks; raises the contract's 403/429/402."""
+        self.observer.admitted(exchange)
         exchange.requested_model = request.model
         exchange.stream = request.stream
         exchange.messages = request.messages
@@ -125,9 +129,11 @@ class Gateway:
             call = UpstreamRequest(request, model, exchange.id)
             for attempt in range(2):
                 exchange.model = model
+                self.observer.attempt_started(exchange, model)
                 try:
                     completion = await self._complete_once(exchange, provider, call)
                 except UpstreamError as exc:
+                    self.observer.attempt_failed(exchange, model, exc)
                     if not exc.is_retryable:
                         raise
                     failures.append((model.id, exc))
@@ -165,6 +171,11 @@ class Gateway:
 
         Retries and fallbacks happen only here, before anything was sent to the client.
         """
+        opened = await self._open_stream(exchange, request)
+        self.observer.stream_opened(exchange)
+        return opened
+
+    async def _open_stream(self, exchange: Exchange, request: ChatRequest) -> OpenedStream:
         failures: list[tuple[str, UpstreamError]] = []
         keepalive = self.settings.keepalive_seconds
         for model in self._attempt_models(exchange):
@@ -172,6 +183,7 @@ class Gateway:
             call = UpstreamRequest(request, model, exchange.id)
             for attempt in range(2):
                 exchange.model = model
+                self.observer.attempt_started(exchange, model)
                 chunks = provider.stream(call)
                 pending = asyncio.ensure_future(anext(chunks))
                 try:
@@ -187,6 +199,7 @@ class Gateway:
                 except StopAsyncIteration:
                     return OpenedStream(chunks, provider, ended=True)
                 except UpstreamError as exc:
+                    self.observer.attempt_failed(exchange, model, exc)
                     await _close_quietly(chunks)
                     if not exc.is_retryable:
                         raise
@@ -221,6 +234,7 @@ class Gateway:
 
     async def close_stream(self, exchange: Exchange, opened: OpenedStream) -> None:
         """End the upstream side: abort it, or for a provider that cannot cancel, drain it."""
+        self.observer.stream_closed(exchange)
         if opened.pending_first is not None and not opened.pending_first.done():
             opened.pending_first.cancel()
         if exchange.client_gone and isinstance(opened.chunks, ShieldedStream):
@@ -331,6 +345,7 @@ class Gateway:
             self.keys.settle(key.record.id, cost)
         self.limiter.record_tokens(key.record, usage.total_tokens)
         self.ledger.record(row)
+        self.observer.finished(exchange, row)
 
 
 def _retry_same_model(exc: UpstreamError) -> bool:
