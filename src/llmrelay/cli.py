@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -20,7 +22,7 @@ from llmrelay import __version__
 from llmrelay.accounting.keys import KeyService
 from llmrelay.accounting.pricing import nanos_to_usd, usd_to_nanos
 from llmrelay.accounting.store import SqlStore
-from llmrelay.api.admin import key_view
+from llmrelay.api.admin import MAX_CREDITS_USD, key_view
 from llmrelay.config import ConfigError, Settings, load_settings
 
 T = TypeVar("T")
@@ -103,11 +105,21 @@ def serve(config_path: Path | None, host: str, port: int, workers: int, log_leve
     if workers == 1:
         from llmrelay.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
+        app = create_app(settings)
+        # uvicorn re-raises the SIGTERM/SIGINT it handled once its graceful shutdown is done, so
+        # the process would die by the signal (status 143 under a supervisor). The shutdown was
+        # clean (ledger flushed), so that re-raised signal ends the process with status 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_cleanly)
+        uvicorn.run(app, **common)
     else:
         if config_path is not None:
             os.environ["LLMRELAY_CONFIG"] = str(config_path.resolve())
         uvicorn.run("llmrelay.app:app_from_environment", factory=True, workers=workers, **common)
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _print_welcome(settings: Settings, host: str, port: int, admin_secret: str | None) -> None:
@@ -165,7 +177,10 @@ def _parse_expiry(value: str | None) -> float | None:
 @config_option
 @click.option("--name", required=True)
 @click.option(
-    "--credits", type=click.FloatRange(min=0), default=None, help="USD; omit for unlimited"
+    "--credits",
+    type=click.FloatRange(min=0, max=MAX_CREDITS_USD),
+    default=None,
+    help="USD; omit for unlimited",
 )
 @click.option("--rpm", type=click.IntRange(min=1), default=None)
 @click.option("--tpm", type=click.IntRange(min=1), default=None)
@@ -264,7 +279,7 @@ def keys_revoke(config_path: Path | None, key_id: str, as_json: bool) -> None:
 @keys.command("top-up")
 @config_option
 @click.argument("key_id")
-@click.argument("amount", type=click.FloatRange(min=0, min_open=True))
+@click.argument("amount", type=click.FloatRange(min=0, min_open=True, max=MAX_CREDITS_USD))
 @json_option
 def keys_top_up(config_path: Path | None, key_id: str, amount: float, as_json: bool) -> None:
     """Add AMOUNT USD of credits to a key."""
@@ -276,7 +291,10 @@ def keys_top_up(config_path: Path | None, key_id: str, amount: float, as_json: b
             return "missing"
         if existing.credits_nanos is None:
             return "unlimited"
-        return await store.add_credits(key_id, usd_to_nanos(amount))
+        nanos = usd_to_nanos(amount)
+        if existing.credits_nanos + nanos > usd_to_nanos(MAX_CREDITS_USD):
+            return "too much"
+        return await store.add_credits(key_id, nanos)
 
     result = _run_with_store(settings, top_up)
     if result == "missing":
@@ -284,6 +302,9 @@ def keys_top_up(config_path: Path | None, key_id: str, amount: float, as_json: b
         raise SystemExit(1)
     if result == "unlimited":
         click.echo(f"key {key_id!r} has unlimited credits; nothing to top up", err=True)
+        raise SystemExit(1)
+    if result == "too much":
+        click.echo(f"a key holds at most {MAX_CREDITS_USD} USD of credits", err=True)
         raise SystemExit(1)
     view = key_view(result)
     if as_json:

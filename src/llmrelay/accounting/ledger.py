@@ -74,10 +74,12 @@ class LedgerWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for _ in range(3):
-            if not self._buffer:
-                break
+        # Each successful flush writes one batch: keep going while the database answers, and
+        # give up (to the journal) only after three failed attempts.
+        failures = 0
+        while self._buffer and failures < 3:
             if not await self._flush_once():
+                failures += 1
                 await asyncio.sleep(0.2)
         if self._buffer:
             log.error(
@@ -101,6 +103,8 @@ class LedgerWriter:
             if self._buffer:
                 if await self._flush_once():
                     self._backoff = 0.0
+                    if len(self._buffer) >= self._config.batch_size:
+                        self._wake.set()  # a backlog: write the next batch without waiting
                     if self._journal.exists() or self._replaying.exists():
                         await self._replay_journal()
                 else:

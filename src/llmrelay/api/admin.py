@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime
 from typing import Any
@@ -15,14 +16,18 @@ from llmrelay.core.errors import GatewayError, InvalidRequest, NotFound, Permiss
 from llmrelay.core.pipeline import Gateway
 from llmrelay.core.validate import parse_json_object
 
+# Credits are stored as 64-bit integer nano-dollars; a billion USD keeps every sum far inside.
+MAX_CREDITS_USD = 1_000_000_000
+
 
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Numbers are strict: JSON true or "5" must not quietly become credits or a limit.
     name: str = Field(min_length=1, max_length=200)
-    credits: float | None = Field(None, ge=0, allow_inf_nan=False)
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
+    credits: float | None = Field(None, ge=0, le=MAX_CREDITS_USD, allow_inf_nan=False, strict=True)
+    rpm: int | None = Field(None, ge=1, strict=True)
+    tpm: int | None = Field(None, ge=1, strict=True)
     models: list[str] | None = None
     expires_at: float | None = Field(None, gt=0)
     metadata: dict[str, Any] | None = None
@@ -31,7 +36,7 @@ class KeyCreate(BaseModel):
 class CreditsChange(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    amount: float = Field(gt=0, allow_inf_nan=False)
+    amount: float = Field(gt=0, le=MAX_CREDITS_USD, allow_inf_nan=False, strict=True)
 
 
 def key_view(record: KeyRecord, credits_used_nanos: int | None = None) -> dict[str, Any]:
@@ -68,9 +73,13 @@ def _timestamp(value: str | None, name: str) -> float | None:
     if not value:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise InvalidRequest(f"'{name}' must be a finite number of seconds", param=name)
+        return seconds
     try:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
@@ -137,7 +146,12 @@ class AdminSurface:
             raise InvalidRequest(
                 f"key {key_id!r} has unlimited credits; there is nothing to top up", param="amount"
             )
-        record = await self.gateway.keys.add_credits(key_id, usd_to_nanos(body.amount))
+        nanos = usd_to_nanos(body.amount)
+        if existing.credits_nanos + nanos > usd_to_nanos(MAX_CREDITS_USD):
+            raise InvalidRequest(
+                f"a key holds at most {MAX_CREDITS_USD} USD of credits", param="amount"
+            )
+        record = await self.gateway.keys.add_credits(key_id, nanos)
         assert record is not None
         return 200, key_view(record)
 
