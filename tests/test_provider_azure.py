@@ -112,7 +112,10 @@ class AzureFront:
         app = web.Application()
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._handle)
         app.router.add_post("/openai/v1/chat/completions", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        # Handler cancellation: a client that goes away cancels the proxied call at once.
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -179,7 +182,7 @@ class AzureFront:
                 await response.write(piece)
             return response
         finally:
-            upstream.release()
+            upstream.close()
 
     async def _canned(self, request: web.Request, events: list[Any]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

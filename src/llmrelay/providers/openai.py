@@ -240,6 +240,8 @@ def _error_from_payload(
         else:
             status = 502
     upstream_type = error.get("type")
+    if isinstance(upstream_type, str) and upstream_type:
+        message = f"{upstream_type}: {message}"  # the one thing a 5xx loses of the provider's own
     return UpstreamStatusError.from_status(
         status,
         f"provider {provider!r}: {message}",

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from llmrelay.core.errors import UpstreamProtocolError
+from llmrelay.core.errors import UpstreamError, UpstreamProtocolError, UpstreamStatusError
 from llmrelay.core.sse import SSEDecoder, SSEEvent
 from llmrelay.providers.http import UpstreamResponse
 from llmrelay.providers.openai import parse_retry_after
@@ -62,3 +62,26 @@ def event_json(data: bytes, provider: str) -> dict[str, Any]:
             f"provider {provider!r} sent a stream event that is not an object", provider=provider
         )
     return parsed
+
+
+def unreadable_error(
+    status: int, content_type: str | None, provider: str, retry_after: float | None
+) -> UpstreamError:
+    """An answer without the provider's error object: a proxy's HTML page, an empty body...
+
+    A 5xx like that says nothing about the provider itself (502, as the OpenAI provider does); a
+    4xx still keeps its status.
+    """
+    if status == 200:
+        return UpstreamProtocolError(
+            f"provider {provider!r} sent an answer it could not understand", provider=provider
+        )
+    message = (
+        f"provider {provider!r} answered HTTP {status} with {content_type or 'an empty body'}, "
+        "not a JSON error"
+    )
+    if status >= 500:
+        return UpstreamProtocolError(message, provider=provider, retry_after=retry_after)
+    return UpstreamStatusError.from_status(
+        status, message, provider=provider, retry_after=retry_after
+    )

@@ -22,7 +22,13 @@ from llmrelay.providers.base import Provider, UpstreamRequest
 from llmrelay.providers.canonical import choice, completion_body
 from llmrelay.providers.capabilities import capabilities_for, check_request
 from llmrelay.providers.http import UpstreamClient, UpstreamResponse
-from llmrelay.providers.upstream import event_json, read_error, read_json, sse_events
+from llmrelay.providers.upstream import (
+    event_json,
+    read_error,
+    read_json,
+    sse_events,
+    unreadable_error,
+)
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -129,21 +135,7 @@ class AnthropicProvider(Provider):
         """The one place an Anthropic failure becomes the gateway's error."""
         error = payload.get("error") if isinstance(payload, dict) else None
         if not isinstance(error, dict):
-            what = (
-                "an answer it could not understand"
-                if status == 200
-                else (f"HTTP {status} with {content_type or 'an empty body'}, not a JSON error")
-            )
-            if status == 200:
-                return UpstreamProtocolError(
-                    f"provider {self.name!r} sent {what}", provider=self.name
-                )
-            return UpstreamStatusError.from_status(
-                status,
-                f"provider {self.name!r} answered {what}",
-                provider=self.name,
-                retry_after=retry_after,
-            )
+            return unreadable_error(status, content_type, self.name, retry_after)
         kind = str(error.get("type") or "api_error")
         message = f"provider {self.name!r}: {kind}: {error.get('message') or 'no message'}"
         if status == 200:  # an in-stream error: its type is all there is to go on

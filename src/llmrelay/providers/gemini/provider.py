@@ -12,7 +12,7 @@ from urllib.parse import quote
 import orjson
 
 from llmrelay.config import ProviderConfig
-from llmrelay.core.errors import UpstreamError, UpstreamProtocolError, UpstreamStatusError
+from llmrelay.core.errors import UpstreamError, UpstreamStatusError
 from llmrelay.core.types import Completion, JSONObject
 from llmrelay.providers.base import Provider, UpstreamRequest
 from llmrelay.providers.canonical import choice, completion_body
@@ -27,7 +27,13 @@ from llmrelay.providers.gemini.convert import (
 from llmrelay.providers.gemini.stream import GenerateStream
 from llmrelay.providers.http import UpstreamClient, UpstreamResponse
 from llmrelay.providers.media import ImageFetcher
-from llmrelay.providers.upstream import event_json, read_error, read_json, sse_events
+from llmrelay.providers.upstream import (
+    event_json,
+    read_error,
+    read_json,
+    sse_events,
+    unreadable_error,
+)
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 API_VERSION = "v1beta"
@@ -162,18 +168,7 @@ class GeminiProvider(Provider):
         """The one place a Gemini failure (``google.rpc.Status``) becomes the gateway's error."""
         error = payload.get("error") if isinstance(payload, dict) else None
         if not isinstance(error, dict):
-            if status == 200:
-                return UpstreamProtocolError(
-                    f"provider {self.name!r} sent an answer it could not understand",
-                    provider=self.name,
-                )
-            return UpstreamStatusError.from_status(
-                status,
-                f"provider {self.name!r} answered HTTP {status} with "
-                f"{content_type or 'an empty body'}, not a JSON error",
-                provider=self.name,
-                retry_after=retry_after,
-            )
+            return unreadable_error(status, content_type, self.name, retry_after)
         code = error.get("code")
         if status == 200:  # an in-stream error: its code is the status it stands for
             status = code if isinstance(code, int) and 400 <= code < 600 else 500
