@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import pytest
@@ -595,6 +595,7 @@ async def test_aclose_drops_the_upstream_connection(
     provider: AnthropicProvider, emu: EmulatorServer
 ) -> None:
     stream = provider.stream(UpstreamRequest(chat(), model("claude+chunks=200+delay=20"), "r"))
+    assert isinstance(stream, AsyncGenerator)
     await anext(stream)
     await anext(stream)
     await stream.aclose()

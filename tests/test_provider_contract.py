@@ -7,7 +7,7 @@ received. Azure's row goes through :class:`AzureFront` (see test_provider_azure.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,8 @@ Seen = tuple[dict[str, str], JSONObject]
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    type: str
+    kind: str
+    """The provider type."""
     base: str
     """The emulator model name's base (the options follow it)."""
     config: Callable[[Upstreams], JSONObject]
@@ -67,7 +68,7 @@ class Row:
     """What its in-stream error event becomes, and a word of the provider's message."""
 
     def __str__(self) -> str:
-        return self.type
+        return self.kind
 
 
 def _emulator_seen(up: Upstreams) -> list[Seen]:
@@ -80,7 +81,7 @@ def _openai_image(body: JSONObject) -> Any:
 
 ROWS = [
     Row(
-        type="openai",
+        kind="openai",
         base="gpt",
         config=lambda up: {"type": "openai", "base_url": up.emu.base_url + "/v1"},
         seen=_emulator_seen,
@@ -91,7 +92,7 @@ ROWS = [
         mid_stream=(UpstreamStatusError, "server_error"),
     ),
     Row(
-        type="azure",
+        kind="azure",
         base="gpt",
         config=lambda up: {
             "type": "azure",
@@ -106,7 +107,7 @@ ROWS = [
         mid_stream=(UpstreamStatusError, "server_error"),
     ),
     Row(
-        type="anthropic",
+        kind="anthropic",
         base="claude",
         config=lambda up: {"type": "anthropic", "base_url": up.emu.base_url},
         seen=_emulator_seen,
@@ -117,7 +118,7 @@ ROWS = [
         mid_stream=(UpstreamUnavailable, "overloaded_error"),
     ),
     Row(
-        type="gemini",
+        kind="gemini",
         base="gemini",
         config=lambda up: {"type": "gemini", "base_url": up.emu.base_url},
         seen=_emulator_seen,
@@ -276,7 +277,7 @@ async def test_system_prompt(row: Row, provider: Provider, upstreams: Upstreams)
     ]
     await provider.complete(call(row, "+chunks=2", messages))
     _, body = row.seen(upstreams)[0]
-    assert row.system(body) == SYSTEM_SEEN[row.type]
+    assert row.system(body) == SYSTEM_SEEN[row.kind]
 
 
 async def test_vision_data_url(row: Row, provider: Provider, upstreams: Upstreams) -> None:
@@ -289,7 +290,7 @@ async def test_vision_data_url(row: Row, provider: Provider, upstreams: Upstream
     )
     assert completion.body["choices"][0]["message"]["content"] == "Echo: hello there"
     _, body = row.seen(upstreams)[0]
-    assert row.image(body) == IMAGE_SEEN[row.type]
+    assert row.image(body) == IMAGE_SEEN[row.kind]
 
 
 # -- tools --------------------------------------------------------------------------------------
@@ -371,8 +372,9 @@ async def test_upstream_statuses_keep_their_meaning(
 
 async def test_the_providers_own_overloaded_answer(row: Row, provider: Provider) -> None:
     error, status = row.overloaded
-    with pytest.raises(error) as caught:
+    with pytest.raises(UpstreamError) as caught:
         await provider.complete(call(row, "+error_first"))
+    assert type(caught.value) is error
     assert caught.value.http_status == status
 
 
@@ -381,16 +383,18 @@ async def test_an_error_as_the_first_event_raises_before_any_chunk(
 ) -> None:
     error, word = row.mid_stream
     stream = provider.stream(call(row, "+error_first"))
-    with pytest.raises(error) as caught:
+    with pytest.raises(UpstreamError) as caught:
         await anext(stream)
+    assert type(caught.value) is error
     assert word in caught.value.message
 
 
 async def test_mid_stream_error(row: Row, provider: Provider) -> None:
     error, word = row.mid_stream
     chunks: list[JSONObject] = []
-    with pytest.raises(error) as caught:
+    with pytest.raises(UpstreamError) as caught:
         await collect(provider.stream(call(row, "+chunks=6+error_mid=2")), chunks)
+    assert type(caught.value) is error
     assert text_of(chunks) == "Echo: hello"
     assert word in caught.value.message
 
@@ -406,6 +410,7 @@ async def test_aclose_drops_the_upstream_connection(
     row: Row, provider: Provider, upstreams: Upstreams
 ) -> None:
     stream = provider.stream(call(row, "+chunks=200+delay=20"))
+    assert isinstance(stream, AsyncGenerator)
     await anext(stream)
     await anext(stream)
     await stream.aclose()

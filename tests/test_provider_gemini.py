@@ -411,7 +411,7 @@ def test_usage_adds_thoughts_to_completion_and_tool_prompt_to_prompt() -> None:
 
 
 def test_parts_become_one_message_with_stable_tool_ids() -> None:
-    parts = [
+    parts: list[JSONObject] = [
         {"text": "plan", "thought": True, "thoughtSignature": "t-sig"},
         {"text": "Calling."},
         {

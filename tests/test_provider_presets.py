@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -248,3 +249,19 @@ async def test_local_servers_need_no_key(client: UpstreamClient, emu: EmulatorSe
         await provider.complete(UpstreamRequest(chat(), model("llama3"), "r"))
     (seen,) = await emu.wait_for_requests(1)
     assert "authorization" not in seen.headers
+
+
+def test_the_documented_presets_table_matches_the_code() -> None:
+    docs = Path(__file__).parent.parent / "docs" / "providers.md"
+    rows = {}
+    for line in docs.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in PRESETS:
+            rows[cells[0]] = cells[1:5]
+    assert set(rows) == set(PRESETS)
+    for name, (url, cancellation, cap_field, stream_usage) in rows.items():
+        caps = caps_for(name)
+        assert url == PRESETS[name].base_url, name
+        assert cancellation == ("yes" if caps.supports_cancellation else "no"), name
+        assert cap_field == caps.max_tokens_field, name
+        assert stream_usage == ("yes" if caps.usage_in_stream else "no"), name
