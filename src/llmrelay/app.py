@@ -15,6 +15,7 @@ from llmrelay.accounting.ledger import LedgerWriter
 from llmrelay.accounting.limits import LocalLimiter
 from llmrelay.accounting.store import SqlStore
 from llmrelay.api.admin import AdminSurface
+from llmrelay.api.anthropic import AnthropicSurface
 from llmrelay.api.asgi import (
     Receive,
     Request,
@@ -24,7 +25,7 @@ from llmrelay.api.asgi import (
     send_json,
     send_openai_error,
 )
-from llmrelay.api.anthropic import AnthropicSurface
+from llmrelay.api.gemini import GeminiSurface, is_google_client
 from llmrelay.api.openai import OpenAISurface
 from llmrelay.config import Settings, load_settings
 from llmrelay.core.catalogue import Catalogue
@@ -42,6 +43,7 @@ log = logging.getLogger("llmrelay")
 Handler = Callable[[Request, Send], Awaitable[None]]
 
 _ALIAS_PREFIXES = ("/api/v1/", "/llm/v1/")
+_GEMINI_MODELS = ("/v1beta/models/", "/v1/models/")  # + "{model}:{action}", or "{model}"
 
 
 class MethodNotAllowed(GatewayError):
@@ -74,14 +76,21 @@ class App:
         )
         openai = OpenAISurface(self.gateway)
         anthropic = AnthropicSurface(self.gateway)
+        gemini = GeminiSurface(self.gateway)
         admin = AdminSurface(self.gateway)
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": openai.chat_completions},
-            "/v1/models": {"GET": openai.models},
+            "/v1/models": {
+                # google-genai 3.x lists models at /v1/models too, and wants Gemini's shape.
+                "GET": lambda r, s: (
+                    gemini.list_models(r, s) if is_google_client(r) else openai.models(r, s)
+                )
+            },
             "/v1/key": {"GET": openai.key},
             "/v1/generation": {"GET": openai.generation},
             "/v1/messages": {"POST": anthropic.messages},
             "/v1/messages/count_tokens": {"POST": anthropic.count_tokens},
+            "/v1beta/models": {"GET": gemini.list_models},
             "/health": {"GET": self._health},
             "/metrics": {"GET": self._metrics},
             "/admin/keys": {
@@ -93,6 +102,10 @@ class App:
         self._key_routes: dict[str, dict[str, Handler]] = {
             "": {"DELETE": lambda r, s: admin.dispatch(r, s, "revoke_key")},
             "/credits": {"POST": lambda r, s: admin.dispatch(r, s, "add_credits")},
+        }
+        self._gemini_routes: dict[str, Handler] = {
+            "POST": gemini.model_action,
+            "GET": gemini.get_model,
         }
         self.started = False
 
@@ -113,6 +126,10 @@ class App:
             key_id, _, rest = path[len("/admin/keys/") :].partition("/")
             methods = self._key_routes.get("/" + rest if rest else "")
             params["key_id"] = key_id
+        if methods is None and path.startswith(_GEMINI_MODELS):
+            # The model name may contain "/" and ends in ":action": no table can hold it.
+            params["target"] = path.partition("/models/")[2]
+            methods = self._gemini_routes
         request = Request(scope, receive, params)
         if methods is None:
             await send_openai_error(send, NotFound(f"no route {scope['method']} {scope['path']}"))

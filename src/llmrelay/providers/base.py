@@ -40,5 +40,13 @@ class Provider(ABC):
     def stream(self, call: UpstreamRequest) -> AsyncIterator[JSONObject]:
         """``chat.completion.chunk`` objects; usage, when known, on a chunk's ``usage`` key."""
 
+    async def count_tokens(self, call: UpstreamRequest) -> int | None:
+        """The exact input token count of ``call``'s prompt from the provider's own counter.
+
+        None (the default) when the provider has none: the gateway then says so rather than
+        answering its estimate as if it were a count.
+        """
+        return None
+
     async def close(self) -> None:  # noqa: B027 - most providers hold nothing of their own
         """Release what the provider holds (the shared HTTP client is closed by the app)."""

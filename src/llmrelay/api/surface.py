@@ -1,0 +1,293 @@
+"""What the translating inbound surfaces (Anthropic, Gemini) share: the request lifecycle.
+
+A surface supplies its wire format as a :class:`Dialect` (one instance per request): how a body
+becomes the canonical request, how a completion, a stream and an error are written. :func:`serve`
+runs everything else exactly as the OpenAI surface does — authenticate → ``Exchange`` → body with
+its size and time caps → validate → ``Gateway.admit`` → ``DisconnectWatcher`` →
+``complete`` / ``open_stream`` + relay through a keep-alive ``StreamWriter`` → ``fail`` /
+``cancel`` / ``finish`` — so auth, limits, routing, retries, fallbacks, cancellation and billing
+cannot differ between surfaces.
+
+Chunks reach a dialect's :class:`StreamEncoder` as canonical dicts, never as another surface's SSE
+text: each encoder is a state machine from canonical chunks to its own events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from typing import ClassVar, Protocol
+
+import orjson
+
+from llmrelay.accounting.keys import KeyService
+from llmrelay.api.asgi import (
+    JSON_HEADERS,
+    ClientDisconnected,
+    Headers,
+    Request,
+    Send,
+    error_headers,
+    send_bytes,
+)
+from llmrelay.api.openai import resolved_headers
+from llmrelay.api.streaming import DisconnectWatcher, StreamWriter, uncancel_if_client_gone
+from llmrelay.core.catalogue import Catalogue, ModelEntry
+from llmrelay.core.errors import GatewayError, NotFound
+from llmrelay.core.exchange import Exchange, new_request_id
+from llmrelay.core.pipeline import Gateway, OpenedStream
+from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
+from llmrelay.providers.base import UpstreamRequest
+
+
+class StreamEncoder(Protocol):
+    """Canonical chunks → one surface's stream bytes (``b""`` when a chunk produces nothing)."""
+
+    @property
+    def headers(self) -> Headers:
+        """The response headers of the stream (content type, caching)."""
+
+    def encode(self, chunk: JSONObject) -> bytes: ...
+
+    def close(self, usage: Usage) -> bytes:
+        """The tail of a stream that ended well; ``usage`` is the final (or estimated) usage."""
+
+    def fail(self, error: GatewayError) -> bytes:
+        """The tail of a stream that failed after the response was committed."""
+
+
+class Dialect(ABC):
+    """One inbound API's wire format around the shared lifecycle; one instance per request."""
+
+    surface: ClassVar[str]
+    keepalive: ClassVar[bytes]
+
+    def __init__(self, gateway: Gateway, request: Request) -> None:
+        self.gateway = gateway
+        self.request = request
+
+    @abstractmethod
+    def parse(self, body: bytes) -> ChatRequest:
+        """The canonical request; a 400 names the field in the client's own terms."""
+
+    def routed(self, exchange: Exchange, chat: ChatRequest) -> ChatRequest:
+        """The request as the routed model should see it (``exchange.model`` is now known)."""
+        return chat
+
+    @abstractmethod
+    def error_body(self, error: GatewayError) -> JSONObject: ...
+
+    def headers(self, exchange: Exchange | None) -> Headers:
+        return resolved_headers(exchange) if exchange is not None else []
+
+    @abstractmethod
+    def answer(self, exchange: Exchange, completion: Completion, usage: Usage) -> JSONObject:
+        """A whole completion in the surface's shape."""
+
+    @abstractmethod
+    def encoder(self, exchange: Exchange, chat: ChatRequest) -> StreamEncoder: ...
+
+    async def send_error(
+        self, send: Send, error: GatewayError, exchange: Exchange | None = None
+    ) -> None:
+        body = orjson.dumps(self.error_body(error))
+        headers = JSON_HEADERS + error_headers(error, self.headers(exchange))
+        await send_bytes(send, error.http_status, body, headers)
+
+
+async def serve(dialect: Dialect, send: Send) -> None:
+    """One request through the pipeline, written in ``dialect``'s wire format."""
+    gateway = dialect.gateway
+    request = dialect.request
+    try:
+        key = await gateway.authenticate(request.api_key())
+    except GatewayError as error:
+        await dialect.send_error(send, error)
+        return
+    exchange = Exchange(key, dialect.surface)
+    try:
+        request.require_json()
+        settings = gateway.settings
+        raw = await request.body(settings.max_request_bytes, settings.client_body_timeout_seconds)
+        chat = dialect.parse(raw)
+        gateway.admit(exchange, chat)
+        chat = dialect.routed(exchange, chat)
+    except ClientDisconnected:
+        gateway.cancel(exchange)
+        gateway.finish(exchange)
+        return
+    except GatewayError as error:
+        gateway.fail(exchange, error)
+        gateway.finish(exchange)
+        await dialect.send_error(send, error, exchange)
+        return
+    watcher = DisconnectWatcher(request.receive, exchange)
+    try:
+        if chat.stream:
+            await _stream(dialect, exchange, chat, send, watcher)
+        else:
+            await _complete(dialect, exchange, chat, send)
+    except asyncio.CancelledError:
+        if not uncancel_if_client_gone(exchange):
+            raise
+        gateway.cancel(exchange)
+    finally:
+        watcher.stop()
+        gateway.finish(exchange)
+
+
+async def _complete(dialect: Dialect, exchange: Exchange, chat: ChatRequest, send: Send) -> None:
+    gateway = dialect.gateway
+    try:
+        completion = await gateway.complete(exchange, chat)
+    except GatewayError as error:
+        gateway.fail(exchange, error)
+        await dialect.send_error(send, error, exchange)
+        return
+    usage, _ = gateway.final_usage(exchange)
+    body = orjson.dumps(dialect.answer(exchange, completion, usage))
+    await send_bytes(send, 200, body, JSON_HEADERS + dialect.headers(exchange))
+
+
+async def _stream(
+    dialect: Dialect,
+    exchange: Exchange,
+    chat: ChatRequest,
+    send: Send,
+    watcher: DisconnectWatcher,
+) -> None:
+    gateway = dialect.gateway
+    try:
+        opened = await gateway.open_stream(exchange, chat)
+    except GatewayError as error:
+        gateway.fail(exchange, error)
+        await dialect.send_error(send, error, exchange)
+        return
+    try:
+        await _relay(dialect, exchange, chat, opened, send, watcher)
+    finally:
+        await gateway.close_stream(exchange, opened)
+
+
+async def _relay(
+    dialect: Dialect,
+    exchange: Exchange,
+    chat: ChatRequest,
+    opened: OpenedStream,
+    send: Send,
+    watcher: DisconnectWatcher,
+) -> None:
+    gateway = dialect.gateway
+    settings = gateway.settings
+    encoder = dialect.encoder(exchange, chat)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": encoder.headers + dialect.headers(exchange),
+        }
+    )
+    writer = StreamWriter(
+        send,
+        dialect.keepalive,
+        settings.keepalive_seconds,
+        settings.client_write_timeout_seconds,
+        watcher.client_stalled,
+    )
+    writer.start()
+    try:
+        if opened.waiting:
+            # Committed on the keep-alive timer: the line has been quiet that long already.
+            await writer.write(dialect.keepalive)
+        first = opened.first
+        ended = opened.ended
+        if first is None and opened.pending_first is not None:
+            try:
+                first = await opened.pending_first
+            except StopAsyncIteration:
+                ended = True
+        if first is not None:
+            exchange.observe_chunk(first)
+            data = encoder.encode(first)
+            if data:
+                await writer.write(data)
+        if not ended:
+            async for chunk in opened.chunks:
+                exchange.observe_chunk(chunk)
+                data = encoder.encode(chunk)
+                if data:
+                    await writer.write(data)
+        usage, _ = gateway.final_usage(exchange)
+        await writer.end(encoder.close(usage))
+    except GatewayError as error:
+        gateway.fail(exchange, error)
+        await writer.end(encoder.fail(error))
+    finally:
+        writer.stop()
+
+
+async def count_tokens(dialect: Dialect) -> tuple[ModelEntry, int]:
+    """The provider's exact count of the request's input tokens, or 404: never an estimate
+    posing as a count.
+
+    Counting is free upstream and generates nothing, so it is not metered in the ledger; the key
+    must still be valid and allowed the model. Raises ``ClientDisconnected`` as ``Request.body``.
+    """
+    gateway = dialect.gateway
+    request = dialect.request
+    key = await gateway.authenticate(request.api_key())
+    request.require_json()
+    settings = gateway.settings
+    raw = await request.body(settings.max_request_bytes, settings.client_body_timeout_seconds)
+    chat = dialect.parse(raw)
+    model = gateway.router.route(chat).model
+    KeyService.check_model(key, model.id)
+    chat = dialect.routed(Exchange(key, dialect.surface, model=model), chat)
+    provider = gateway.providers.get(model.provider)
+    count = None
+    if provider is not None:
+        count = await provider.count_tokens(UpstreamRequest(chat, model, new_request_id()))
+    if count is None:
+        raise NotFound(
+            f"no exact token count is available for model {model.id!r}: its provider has no "
+            "token counting endpoint",
+            param="model",
+        )
+    return model, count
+
+
+# -- helpers both surfaces use ----------------------------------------------------------------
+
+
+def resolve_model_name(catalogue: Catalogue, name: str) -> str:
+    """A catalogue id or auto name as is; else the one id whose part after ``provider/`` is
+    ``name`` (``claude-sonnet-4-5`` → ``anthropic/claude-sonnet-4-5``), so clients that only
+    know a provider's bare model names work; else ``name`` (routing then answers 404)."""
+    if catalogue.get(name) is not None or catalogue.is_auto(name):
+        return name
+    found = [model.id for model in catalogue if model.id.partition("/")[2] == name]
+    return found[0] if len(found) == 1 else name
+
+
+def provider_type(gateway: Gateway, model: ModelEntry | None) -> str | None:
+    """The wire type (``openai``, ``anthropic``, ``gemini``...) of the provider serving ``model``.
+
+    A surface asks this for one reason only: to hand its own dialect's extras (signed thinking
+    blocks, ``cache_control``, thought signatures) to an upstream that speaks that same dialect,
+    and to no other.
+    """
+    if model is None:
+        return None
+    config = gateway.settings.providers.get(model.provider)
+    return config.type if config is not None else None
+
+
+def model_type(gateway: Gateway, name: str) -> str | None:
+    """``provider_type`` of a catalogue id; None for an auto name or an unknown model."""
+    return provider_type(gateway, gateway.catalogue.get(name))
+
+
+def can_reason(model: ModelEntry | None) -> bool:
+    """Whether a thinking request may become ``reasoning_effort`` for this model: only models
+    that declare the ``reasoning`` capability get it (others refuse the field upstream)."""
+    return model is not None and "reasoning" in model.capabilities
