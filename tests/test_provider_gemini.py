@@ -798,3 +798,15 @@ async def test_an_invalid_api_key_is_the_gateways_problem_not_the_clients(
     assert caught.value.http_status == 502
     assert caught.value.error_type == "upstream_auth_error"
     await provider.close()
+
+
+async def test_an_answer_without_candidates_is_a_protocol_error(
+    client: UpstreamClient, scripted: Callable[[int, Any, dict[str, str]], Awaitable[str]]
+) -> None:
+    provider = gemini(client, await scripted(200, {"usageMetadata": {"promptTokenCount": 3}}, {}))
+    call_ = UpstreamRequest(chat(), model("gemini"), "r")
+    with pytest.raises(UpstreamProtocolError):
+        await provider.complete(call_)
+    with pytest.raises(UpstreamProtocolError):
+        await anext(provider.stream(call_))  # the body ends without a finish reason
+    await provider.close()

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -35,15 +37,17 @@ DEFAULT_MAX_TOKENS = 4096
 
 # OpenAI's reasoning_effort as a thinking budget in tokens, for providers that take a budget.
 # Anthropic's minimum budget is 1024; "none" means no thinking at all.
-REASONING_BUDGETS: dict[str, int] = {
-    "none": 0,
-    "minimal": 1024,
-    "low": 1024,
-    "medium": 4096,
-    "high": 16384,
-    "xhigh": 24576,
-    "max": 32768,
-}
+REASONING_BUDGETS: Mapping[str, int] = MappingProxyType(
+    {
+        "none": 0,
+        "minimal": 1024,
+        "low": 1024,
+        "medium": 4096,
+        "high": 16384,
+        "xhigh": 24576,
+        "max": 32768,
+    }
+)
 
 
 # -- reading the request ------------------------------------------------------------------------

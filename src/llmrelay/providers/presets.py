@@ -22,7 +22,7 @@ from llmrelay.providers.canonical import max_output_tokens
 from llmrelay.providers.capabilities import ProviderCapabilities
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-_STREAM_USAGE = {"include_usage": True}
+_STREAM_USAGE: Mapping[str, bool] = MappingProxyType({"include_usage": True})
 # Hosts that take neither audio nor documents inline; most open-model hosts.
 _TEXT_AND_IMAGES: Mapping[str, Any] = {"audio_input": False, "documents": False}
 
@@ -178,9 +178,10 @@ def adapt_body(
         options = wire.get("stream_options")
         if caps.usage_in_stream:
             # The gateway always asks for usage, so it can bill, whatever the client asked.
-            wire["stream_options"] = (
-                {**options, **_STREAM_USAGE} if isinstance(options, dict) else _STREAM_USAGE
-            )
+            wire["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                **_STREAM_USAGE,
+            }
         else:
             wire.pop("stream_options", None)
     else:

@@ -13,6 +13,8 @@ from the request id, candidate, position and name (so a stream and a whole answe
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -42,20 +44,24 @@ InlineImages = dict[str, tuple[str, str]]
 """Remote image URL → (mime type, base64 data), fetched before conversion."""
 
 _CONTENT_FILTER: FinishReason = "content_filter"
-FINISH_REASONS: dict[str, FinishReason] = {
-    "STOP": "stop",
-    "MAX_TOKENS": "length",
-    "SAFETY": _CONTENT_FILTER,
-    "RECITATION": _CONTENT_FILTER,
-    "BLOCKLIST": _CONTENT_FILTER,
-    "PROHIBITED_CONTENT": _CONTENT_FILTER,
-    "SPII": _CONTENT_FILTER,
-    "IMAGE_SAFETY": _CONTENT_FILTER,
-    "IMAGE_PROHIBITED_CONTENT": _CONTENT_FILTER,
-    "IMAGE_RECITATION": _CONTENT_FILTER,
-    "IMAGE_OTHER": _CONTENT_FILTER,
-}
-_TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+FINISH_REASONS: Mapping[str, FinishReason] = MappingProxyType(
+    {
+        "STOP": "stop",
+        "MAX_TOKENS": "length",
+        "SAFETY": _CONTENT_FILTER,
+        "RECITATION": _CONTENT_FILTER,
+        "BLOCKLIST": _CONTENT_FILTER,
+        "PROHIBITED_CONTENT": _CONTENT_FILTER,
+        "SPII": _CONTENT_FILTER,
+        "IMAGE_SAFETY": _CONTENT_FILTER,
+        "IMAGE_PROHIBITED_CONTENT": _CONTENT_FILTER,
+        "IMAGE_RECITATION": _CONTENT_FILTER,
+        "IMAGE_OTHER": _CONTENT_FILTER,
+    }
+)
+_TOOL_MODES: Mapping[str, str] = MappingProxyType(
+    {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+)
 
 
 # -- request ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import orjson
 
 from llmrelay.config import ProviderConfig
-from llmrelay.core.errors import UpstreamError, UpstreamStatusError
+from llmrelay.core.errors import UpstreamError, UpstreamProtocolError, UpstreamStatusError
 from llmrelay.core.types import Completion, JSONObject
 from llmrelay.providers.base import Provider, UpstreamRequest
 from llmrelay.providers.canonical import choice, completion_body
@@ -81,8 +81,12 @@ class GeminiProvider(Provider):
         if not isinstance(payload, dict) or "error" in payload:
             raise self._error(200, payload)
         self._check_prompt(payload)
+        if not payload.get("candidates"):
+            raise UpstreamProtocolError(
+                f"provider {self.name!r} answered without any candidate", provider=self.name
+            )
         choices = []
-        for candidate in payload.get("candidates") or ():
+        for candidate in payload["candidates"]:
             index = int(candidate.get("index") or 0)
             reader = CandidateReader(call.request_id, index)
             parts = (candidate.get("content") or {}).get("parts") or []

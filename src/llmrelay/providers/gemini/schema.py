@@ -13,6 +13,7 @@ enum names of ``google.ai.generativelanguage.Type``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from llmrelay.core.types import JSONObject
@@ -32,11 +33,13 @@ _KEPT = frozenset(
         "pattern",
     }
 )
-_FORMATS = {
-    "STRING": frozenset({"enum", "date-time"}),
-    "NUMBER": frozenset({"float", "double"}),
-    "INTEGER": frozenset({"int32", "int64"}),
-}
+_FORMATS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "STRING": frozenset({"enum", "date-time"}),
+        "NUMBER": frozenset({"float", "double"}),
+        "INTEGER": frozenset({"int32", "int64"}),
+    }
+)
 _TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object", "null"})
 MAX_DEPTH = 32
 
