@@ -38,9 +38,20 @@ config_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
+def _load_checked(config_path: Path | None) -> Settings:
+    """The settings, with the problems only the provider layer sees (presets) checked too."""
+    from llmrelay.providers.registry import check_providers
+
+    settings = load_settings(config_path)
+    problems = check_providers(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
 def _settings(config_path: Path | None) -> Settings:
     try:
-        return load_settings(config_path)
+        return _load_checked(config_path)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"config error: {problem}", err=True)
@@ -372,7 +383,7 @@ def config() -> None:
 def config_check(file: Path) -> None:
     """Validate FILE and list every problem; exit 1 if there is any."""
     try:
-        settings = load_settings(file)
+        settings = _load_checked(file)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"{file}: {problem}", err=True)

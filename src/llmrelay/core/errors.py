@@ -222,9 +222,10 @@ class UpstreamStatusError(UpstreamError):
             return UpstreamTimeout(message, provider=provider)
         if upstream_status >= 500:
             return cls(message, provider=provider, status=502, error_type="upstream_error")
-        # A deterministic 4xx: same status, never retried, never failed over. 401/403 from a
-        # provider mean the gateway's provider key is wrong: the client cannot fix that, so 502.
-        if upstream_status in (401, 403):
+        # A deterministic 4xx: same status, never retried, never failed over. 401/402/403 from a
+        # provider mean the gateway's own provider account is wrong or out of credit: the client
+        # cannot fix that, so it is a 502 that another provider may serve.
+        if upstream_status in (401, 402, 403):
             return cls(
                 f"provider rejected the gateway's credentials: {message}",
                 provider=provider,

@@ -44,11 +44,14 @@ class Usage:
         )
 
     def to_openai(self) -> JSONObject:
+        prompt_details: JSONObject = {"cached_tokens": self.cached_tokens}
+        if self.cache_write_tokens:
+            prompt_details["cache_write_tokens"] = self.cache_write_tokens  # as OpenRouter does
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "prompt_tokens_details": prompt_details,
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
 

@@ -24,6 +24,22 @@ _FACTORIES: dict[str, ProviderFactory] = {
 }
 
 
+def check_providers(settings: Settings) -> list[str]:
+    """Problems only the provider layer can see (unknown presets), for ``config check``."""
+    problems: list[str] = []
+    for name, config in settings.providers.items():
+        if config.type not in _FACTORIES:
+            problems.append(
+                f"providers.{name}.type: {config.type!r} is not available in this build"
+            )
+            continue
+        try:
+            preset_for(name, config)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return problems
+
+
 def build_providers(settings: Settings, client: UpstreamClient) -> dict[str, Provider]:
     problems: list[str] = []
     providers: dict[str, Provider] = {}
