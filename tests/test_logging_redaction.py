@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -84,12 +85,15 @@ def test_no_secret_or_prompt_reaches_a_log_line_at_debug(
         created = client.post(f"{url}/admin/keys", json={"name": "new"}, headers=admin)
         assert created.status_code == 201
         assert client.get(f"{url}/admin/usage?key={gateway.admin_key}").status_code == 200
-        login = client.post(
-            f"{url}/ui/login",
-            data={"admin_key": gateway.admin_key},
-            headers={"Origin": url},
-        )
-        assert login.status_code in (303, 403, 404)
+        for secret in (wrong, gateway.admin_key):  # a refused and an accepted dashboard login
+            token = re.search(r'name="csrf" value="([^"]+)"', client.get(f"{url}/ui/login").text)
+            assert token
+            login = client.post(
+                f"{url}/ui/login",
+                data={"csrf": token.group(1), "admin_key": secret},
+                headers={"Origin": url},
+            )
+            assert login.status_code in (401, 303)
     gateway.ledger_row(streamed.headers["x-request-id"])
     text = all_text(caplog.records)
     assert caplog.records, "the gateway logged nothing at DEBUG: the test would prove nothing"

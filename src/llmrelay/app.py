@@ -37,6 +37,7 @@ from llmrelay.observability.wiring import Observability
 from llmrelay.providers.base import Provider
 from llmrelay.providers.http import UpstreamClient
 from llmrelay.providers.registry import build_providers
+from llmrelay.ui import Dashboard
 
 log = logging.getLogger("llmrelay")
 
@@ -107,6 +108,7 @@ class App:
             "POST": gemini.model_action,
             "GET": gemini.get_model,
         }
+        self.dashboard = Dashboard(self.gateway)
         self.started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -131,6 +133,9 @@ class App:
             params["target"] = path.partition("/models/")[2]
             methods = self._gemini_routes
         request = Request(scope, receive, params)
+        if methods is None and (path == "/ui" or path.startswith("/ui/")):
+            await self.dashboard(request, send)
+            return
         if methods is None:
             await send_openai_error(send, NotFound(f"no route {scope['method']} {scope['path']}"))
             return

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
-from sqlalchemy import event, func, select, update
+from sqlalchemy import case, event, func, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -39,6 +39,25 @@ class Store(Protocol):
     async def usage_totals(
         self, key_id: str | None, since: float | None, until: float | None, group_by: str
     ) -> list[dict[str, Any]]: ...
+    async def ledger_search(
+        self,
+        key_id: str | None,
+        model: str | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+    ) -> list[LedgerRow]: ...
+    async def usage_series(
+        self,
+        since: float,
+        until: float,
+        bucket_seconds: int,
+        key_id: str | None = None,
+        model: str | None = None,
+    ) -> list[dict[str, Any]]: ...
+    async def latency_samples(
+        self, since: float, until: float, limit: int
+    ) -> list[tuple[float, float]]: ...
 
 
 def async_url(database_url: str) -> str:
@@ -194,6 +213,79 @@ class SqlStore:
             }
             for row in rows
         ]
+
+    # -- read-only views for the dashboard -------------------------------------------------------
+
+    async def ledger_search(
+        self,
+        key_id: str | None,
+        model: str | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+    ) -> list[LedgerRow]:
+        """The newest rows first; ``model`` matches the resolved or the requested model."""
+        filters = list(_ledger_filters(key_id, since, until))
+        if model is not None:
+            filters.append(or_(ledger.c.model == model, ledger.c.requested_model == model))
+        query = select(ledger).where(*filters).order_by(ledger.c.created.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [LedgerRow(**row._asdict()) for row in rows]
+
+    async def usage_series(
+        self,
+        since: float,
+        until: float,
+        bucket_seconds: int,
+        key_id: str | None = None,
+        model: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per time bucket (its start, Unix seconds): requests, errors, tokens and cost."""
+        bucket = func.floor(ledger.c.created / bucket_seconds) * bucket_seconds
+        filters = list(_ledger_filters(key_id, since, until))
+        if model is not None:
+            filters.append(or_(ledger.c.model == model, ledger.c.requested_model == model))
+        query = (
+            select(
+                bucket.label("bucket"),
+                func.count().label("requests"),
+                func.sum(case((ledger.c.status == "error", 1), else_=0)).label("errors"),
+                func.sum(ledger.c.prompt_tokens).label("prompt_tokens"),
+                func.sum(ledger.c.completion_tokens).label("completion_tokens"),
+                func.sum(ledger.c.cost_nanos).label("cost_nanos"),
+            )
+            .where(*filters)
+            .group_by(bucket)
+            .order_by(bucket)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {
+                "bucket": float(row.bucket),
+                "requests": int(row.requests),
+                "errors": int(row.errors or 0),
+                "prompt_tokens": int(row.prompt_tokens or 0),
+                "completion_tokens": int(row.completion_tokens or 0),
+                "cost_nanos": int(row.cost_nanos or 0),
+            }
+            for row in rows
+        ]
+
+    async def latency_samples(
+        self, since: float, until: float, limit: int
+    ) -> list[tuple[float, float]]:
+        """``(created, latency_ms)`` of the newest ``limit`` rows in the window."""
+        query = (
+            select(ledger.c.created, ledger.c.latency_ms)
+            .where(*_ledger_filters(None, since, until))
+            .order_by(ledger.c.created.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(float(row.created), float(row.latency_ms)) for row in rows]
 
 
 def _ledger_filters(key_id: str | None, since: float | None, until: float | None) -> Iterable[Any]:
