@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from llmrelay.testing.harness import RunningGateway
-from llmrelay.ui.charts import Series, bar_chart, line_chart, nice_ceiling
+from llmrelay.ui.charts import Series, axis_top, bar_chart, line_chart, nice_ceiling
 from llmrelay.ui.dashboard import LoginThrottle
 from llmrelay.ui.sessions import SessionStore
 
@@ -448,8 +448,11 @@ def test_static_files_and_unknown_paths(browser: Browser) -> None:
 # -- charts ------------------------------------------------------------------------------------
 
 
-def test_nice_ceiling() -> None:
+def test_nice_ceiling_and_axis_top() -> None:
     assert [nice_ceiling(v) for v in (0, 0.7, 1, 3, 7, 12, 2400)] == [1, 1, 1, 5, 10, 20, 2500]
+    assert [axis_top(v, whole=True) for v in (0, 1, 4, 5, 9, 30)] == [4, 4, 4, 8, 20, 40]
+    assert axis_top(0.00003, least_top=0.0001) == pytest.approx(0.0001)
+    assert axis_top(950) == 1000
 
 
 def test_charts_escape_every_text() -> None:

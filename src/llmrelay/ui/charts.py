@@ -41,6 +41,15 @@ def nice_ceiling(value: float) -> float:
     return 10.0 ** (exponent + 1)
 
 
+def axis_top(peak: float, least_top: float = 0.0, whole: bool = False) -> float:
+    """The top of a y axis over ``peak`` whose grid lines fall on round values (whole numbers
+    for counts)."""
+    step = nice_ceiling(max(peak, least_top) / _GRID_LINES)
+    if whole:
+        step = max(1.0, 5.0 if step == 2.5 else step)
+    return step * _GRID_LINES
+
+
 def _frame(title: str, labels: Sequence[str], top: float, fmt: Format) -> list[str]:
     plot_h = HEIGHT - _TOP - _BOTTOM
     parts = [
@@ -83,10 +92,18 @@ def _figure(title: str, series: Sequence[Series], svg: list[str]) -> Markup:
     )
 
 
-def bar_chart(title: str, labels: Sequence[str], series: Sequence[Series], fmt: Format) -> Markup:
-    """Bars per label, the series stacked bottom to top in the order given."""
+def bar_chart(
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[Series],
+    fmt: Format,
+    least_top: float = 0.0,
+    whole: bool = False,
+) -> Markup:
+    """Bars per label, the series stacked bottom to top in the order given; the y axis reaches
+    at least ``least_top``, with grid lines on whole numbers when ``whole``."""
     totals = [sum(s.values[i] for s in series) for i in range(len(labels))]
-    top = nice_ceiling(max(totals, default=0.0))
+    top = axis_top(max(totals, default=0.0), least_top, whole)
     parts = _frame(title, labels, top, fmt)
     plot_h = HEIGHT - _TOP - _BOTTOM
     plot_w = WIDTH - _LEFT - _RIGHT
@@ -110,10 +127,17 @@ def bar_chart(title: str, labels: Sequence[str], series: Sequence[Series], fmt: 
     return _figure(title, series, parts)
 
 
-def line_chart(title: str, labels: Sequence[str], series: Sequence[Series], fmt: Format) -> Markup:
-    """One line per series; a point with a tooltip at each label."""
+def line_chart(
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[Series],
+    fmt: Format,
+    least_top: float = 0.0,
+    whole: bool = False,
+) -> Markup:
+    """One line per series; a point with a tooltip at each label (the axis as for bars)."""
     peak = max((v for s in series for v in s.values), default=0.0)
-    top = nice_ceiling(peak)
+    top = axis_top(peak, least_top, whole)
     parts = _frame(title, labels, top, fmt)
     plot_h = HEIGHT - _TOP - _BOTTOM
     plot_w = WIDTH - _LEFT - _RIGHT

@@ -85,6 +85,11 @@ class Dashboard:
             response = await self._respond(request)
         except UIError as error:
             response = self._error(request, error.status, error.message)
+        except GatewayError as error:  # the key store down, a limit: say what it is
+            response = self._error(request, error.http_status, error.message)
+        except Exception:
+            log.exception("dashboard page %s failed", request.scope["path"])
+            response = self._error(request, 500, "this page failed; the server log has details")
         await response.send(send)
 
     async def _respond(self, request: Request) -> Response:
@@ -163,14 +168,18 @@ class Dashboard:
     # -- login and logout ---------------------------------------------------------------------
 
     def _login_form(
-        self, request: Request, status: int = 200, message: str | None = None
+        self,
+        request: Request,
+        status: int = 200,
+        message: str | None = None,
+        target: str | None = None,
     ) -> Response:
         login_token = secrets.token_urlsafe(24)
         page = self.templates.render(
             "login.html",
             csrf=login_token,
             message=message,
-            next=_safe_next(request.query.get("next")),
+            next=_safe_next(target if target is not None else request.query.get("next")),
         )
         return html(
             page, status, [cookie(LOGIN_COOKIE, login_token, max_age=3600, secure=_secure(request))]
@@ -185,18 +194,22 @@ class Dashboard:
             raise UIError(403, "the login form's security token is wrong; reload it")
         now = time.monotonic()
         if self.throttle.blocked(now):
-            return self._login_form(request, 429, "Too many failed logins; wait a minute.")
+            return self._login_form(
+                request, 429, "Too many failed logins; wait a minute.", form.get("next")
+            )
         secret = form.get("admin_key", "").strip()
         try:
             cached = await self.gateway.keys.authenticate(secret or None)
         except AuthenticationFailed:
             cached = None
         except GatewayError as error:
-            return self._login_form(request, error.http_status, error.message)
+            return self._login_form(request, error.http_status, error.message, form.get("next"))
         if cached is None or not cached.record.is_admin:
             self.throttle.failed(now)
             log.info("dashboard login refused")
-            return self._login_form(request, 401, "That is not a valid admin key.")
+            return self._login_form(
+                request, 401, "That is not a valid admin key.", form.get("next")
+            )
         token, _ = self.sessions.create(cached.record.id)
         secure = _secure(request)
         return redirect(

@@ -125,14 +125,16 @@ class Pages:
                     Series("errors", view.errors, "err"),
                 ],
                 number,
+                whole=True,
             ),
-            line_chart("Tokens", labels, [Series("tokens", view.tokens, "s2")], number),
-            line_chart("Spend", labels, [Series("USD", view.cost_usd, "s3")], usd),
+            line_chart("Tokens", labels, [Series("tokens", view.tokens, "s2")], number, whole=True),
+            line_chart("Spend", labels, [Series("USD", view.cost_usd, "s3")], usd, 0.0001),
             line_chart(
                 "Latency",
                 labels,
                 [Series("p50", view.p50_ms, "s1"), Series("p95", view.p95_ms, "s3")],
                 millis,
+                least_top=100,
             ),
         ]
         return self._page(
