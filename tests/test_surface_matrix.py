@@ -555,3 +555,126 @@ def test_auto_routed_to_a_native_upstream_keeps_its_extras(
         )
     assert message.model == "ant/m"
     assert emulator.requests[-1].json["system"] == system
+
+
+# -- across dialects: each provider's signatures survive the other dialect's client -------------
+
+GEMINI_SIGNATURE = "RW11bGF0b3IgdGhvdWdodCBzaWduYXR1cmU="
+ANTHROPIC_SIGNATURE = "RW11bGF0b3Igc2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_gemini_signatures_round_trip_through_an_anthropic_client(
+    matrix_gateway: RunningGateway, emulator: ThreadedEmulator, stream: bool
+) -> None:
+    key = matrix_gateway.create_key(name="anthropic-to-gemini")
+    tools: Any = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    question: Any = {"role": "user", "content": PROMPT}
+    with anthropic.Anthropic(base_url=matrix_gateway.base_url, api_key=key, max_retries=0) as c:
+        if stream:
+            with c.messages.stream(
+                model="gem/m+reasoning+tools=1", max_tokens=500, messages=[question], tools=tools
+            ) as events:
+                first: Any = events.get_final_message()
+        else:
+            first = c.messages.create(
+                model="gem/m+reasoning+tools=1", max_tokens=500, messages=[question], tools=tools
+            )
+        kinds = [block.type for block in first.content]
+        assert kinds == ["thinking", "thinking", "tool_use"]
+        assert first.content[0].thinking  # the thoughts, signed with the answer's signature
+        assert first.content[0].signature == "llmrelay.gemini:" + GEMINI_SIGNATURE
+        assert first.content[1].signature == "llmrelay.gemini.call:" + GEMINI_SIGNATURE
+        call = first.content[2]
+        c.messages.create(
+            model="gem/m",
+            max_tokens=500,
+            tools=tools,
+            messages=[
+                question,
+                {"role": "assistant", "content": first.content},
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "4C"}],
+                },
+            ],
+        )
+        model_turn = emulator.requests[-1].json["contents"][1]
+        (sent_call,) = [p for p in model_turn["parts"] if "functionCall" in p]
+        assert sent_call["thoughtSignature"] == GEMINI_SIGNATURE  # Gemini 3 wants it back
+        assert sent_call["functionCall"]["name"] == "get_weather"
+        # Marked blocks mean nothing to other providers and never reach them.
+        c.messages.create(
+            model="oai/m",
+            max_tokens=500,
+            tools=tools,
+            messages=[
+                question,
+                {"role": "assistant", "content": first.content},
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "4C"}],
+                },
+            ],
+        )
+        assert "llmrelay.gemini" not in json.dumps(emulator.requests[-1].json)
+        c.messages.create(
+            model="ant/m",
+            max_tokens=500,
+            messages=[question, {"role": "assistant", "content": first.content[:2]}, question],
+        )
+        assert "llmrelay.gemini" not in json.dumps(emulator.requests[-1].json)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_anthropic_thinking_round_trips_through_a_gemini_client(
+    matrix_gateway: RunningGateway, emulator: ThreadedEmulator, stream: bool
+) -> None:
+    key = matrix_gateway.create_key(name="gemini-to-anthropic")
+    client = genai.Client(
+        api_key=key, http_options=types.HttpOptions(base_url=matrix_gateway.base_url)
+    )
+    config = types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[types.FunctionDeclaration(name="get_weather")])]
+    )
+    model = "ant/m+reasoning+tools=1"
+    if stream:
+        chunks = list(
+            client.models.generate_content_stream(model=model, contents=PROMPT, config=config)
+        )
+        parts = [
+            part
+            for chunk in chunks
+            for candidate in chunk.candidates or ()
+            for part in (candidate.content.parts if candidate.content else None) or ()
+        ]
+    else:
+        answer = client.models.generate_content(model=model, contents=PROMPT, config=config)
+        assert answer.candidates is not None
+        assert answer.candidates[0].content is not None
+        parts = answer.candidates[0].content.parts or []
+    thoughts = "".join(p.text or "" for p in parts if p.thought)
+    assert thoughts
+    assert any(p.thought and p.thought_signature for p in parts)
+    calls = [p for p in parts if p.function_call]
+    assert len(calls) == 1
+    client.models.generate_content(
+        model="ant/m",
+        contents=[
+            types.Content(role="user", parts=[types.Part(text=PROMPT)]),
+            types.Content(role="model", parts=parts),
+            types.Content(
+                role="user",
+                parts=[types.Part.from_function_response(name="get_weather", response={"t": 4})],
+            ),
+        ],
+        config=config,
+    )
+    assistant = emulator.requests[-1].json["messages"][1]
+    assert assistant["content"][0] == {
+        "type": "thinking",
+        "thinking": thoughts,
+        "signature": ANTHROPIC_SIGNATURE,  # verbatim, whatever the SDK did to the bytes' text
+    }
+    assert assistant["content"][1]["type"] == "tool_use"
+    client.close()

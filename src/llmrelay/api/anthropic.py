@@ -2,9 +2,10 @@
 
 Any catalogue model (or auto name, or a bare model name that is unique in the catalogue) answers
 through the same pipeline as every other surface: the body becomes the canonical request
-(``anthropic_convert``), the answer becomes a ``Message`` or Anthropic's event stream
-(``anthropic_stream``), and errors take Anthropic's shape with the contract's statuses. Every
-answer carries ``request-id`` (read by the SDK) besides ``X-Request-Id`` and ``X-Resolved-Model``.
+(``anthropic_request``), the answer a ``Message`` (``anthropic_answer``) or Anthropic's event
+stream (``anthropic_stream``), and errors take Anthropic's shape with the contract's statuses.
+Every answer carries ``request-id`` (read by the SDK) besides ``X-Request-Id`` and
+``X-Resolved-Model``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,8 @@ from typing import ClassVar
 
 import orjson
 
-from llmrelay.api.anthropic_convert import (
-    model_name,
-    reasoning_effort,
-    to_chat_request,
-    to_message,
-)
+from llmrelay.api.anthropic_answer import to_message
+from llmrelay.api.anthropic_request import NATIVE, model_name, reasoning_effort, to_chat_request
 from llmrelay.api.anthropic_stream import PING, MessageEncoder, error_payload
 from llmrelay.api.asgi import JSON_HEADERS, ClientDisconnected, Headers, Request, Send, send_bytes
 from llmrelay.api.surface import (
@@ -36,8 +33,6 @@ from llmrelay.core.pipeline import Gateway
 from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
 from llmrelay.core.validate import parse_json_object
 
-NATIVE_TYPE = "anthropic"
-
 
 class MessagesDialect(Dialect):
     surface: ClassVar[str] = "anthropic"
@@ -46,26 +41,29 @@ class MessagesDialect(Dialect):
     def __init__(self, gateway: Gateway, request: Request) -> None:
         super().__init__(gateway, request)
         self._body: JSONObject = {}
-        self._native = False
+        self._upstream: str | None = None
 
     def parse(self, body: bytes) -> ChatRequest:
         self._body = parse_json_object(body)
         model = resolve_model_name(self.gateway.catalogue, model_name(self._body))
-        self._native = model_type(self.gateway, model) == NATIVE_TYPE
-        return to_chat_request(self._body, model, native=self._native, counting=self.counting)
+        self._upstream = model_type(self.gateway, model)
+        return self._convert(model)
 
     @property
     def counting(self) -> bool:
         return False
 
+    def _convert(self, model: str) -> ChatRequest:
+        return to_chat_request(self._body, model, upstream=self._upstream, counting=self.counting)
+
     def routed(self, exchange: Exchange, chat: ChatRequest) -> ChatRequest:
-        native = provider_type(self.gateway, exchange.model) == NATIVE_TYPE
-        if native != self._native:
-            # An auto name routed to an Anthropic model: convert again, keeping its extras.
-            self._native = native
-            chat = to_chat_request(self._body, chat.model, native=native, counting=self.counting)
+        upstream = provider_type(self.gateway, exchange.model)
+        if upstream != self._upstream:
+            # An auto name routed to a model whose dialect's extras differ: convert again.
+            self._upstream = upstream
+            chat = self._convert(chat.model)
             exchange.messages = chat.messages
-        if not native:
+        if upstream != NATIVE:
             effort = reasoning_effort(self._body)
             if effort is not None and can_reason(exchange.model):
                 chat.body["reasoning_effort"] = effort

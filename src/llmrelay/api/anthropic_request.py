@@ -1,4 +1,4 @@
-"""Anthropic Messages (inbound) ⇄ canonical: the surface's own validation and pure conversions.
+"""Anthropic Messages request → canonical: the surface's own validation and a pure conversion.
 
 Every 400 names the field in the client's terms (``messages[1].content[0].source``).
 
@@ -12,18 +12,14 @@ tool → auto / required / none / named; ``disable_parallel_tool_use`` → ``par
 false``; ``stop_sequences`` → ``stop``; ``max_tokens``, ``temperature``, ``top_p`` as they are;
 ``metadata.user_id`` → ``user``; ``output_config.format`` → ``response_format`` (json_schema).
 
-``native`` (the routed model's provider speaks Anthropic too) adds what only Anthropic can use, in
-the extensions the Anthropic provider reads back (providers/canonical.py): signed ``thinking`` and
-``redacted_thinking`` blocks as ``thinking_blocks`` on assistant messages, ``cache_control`` on
-system, text and image parts and on tools, and every top-level field OpenAI's format has no place
-for (``thinking``, ``top_k``, ``output_config``, ``service_tier``...) verbatim. Other upstreams
-never see these: they mean nothing there and would be refused.
-
-Answer: ``thinking_blocks`` verbatim (else ``reasoning_content`` as a thinking block with an empty
-signature), text, ``tool_use`` with ``input`` parsed from the arguments (``""`` → ``{}``);
-``finish_reason`` stop → end_turn (``stop_sequence`` when the upstream named the sequence it hit),
-length → max_tokens, tool_calls → tool_use, content_filter → refusal; usage with ``input_tokens``
-excluding cache reads and writes, as Anthropic counts.
+``upstream`` is the provider type of the routed model. When it is ``anthropic`` too, the
+canonical request also carries what only Anthropic can use, in the extensions the Anthropic
+provider reads back (providers/canonical.py): signed ``thinking`` and ``redacted_thinking`` blocks
+as ``thinking_blocks`` on assistant messages, ``cache_control`` on system, text and image parts
+and on tools, and every top-level field OpenAI's format has no place for (``thinking``, ``top_k``,
+``output_config``, ``cache_control``...) verbatim. When it is ``gemini``, the Gemini signatures
+the gateway marked into thinking blocks (``signatures``) go back on ``extra_content``. Other
+upstreams never see any of these: they mean nothing there and would be refused.
 """
 
 from __future__ import annotations
@@ -32,9 +28,10 @@ from typing import Any
 
 import orjson
 
+from llmrelay.api.signatures import gemini_from_anthropic
 from llmrelay.core.errors import InvalidRequest, UnsupportedParameter
-from llmrelay.core.types import ChatRequest, JSONObject, Usage
-from llmrelay.providers.canonical import REASONING_CONTENT, THINKING_BLOCKS
+from llmrelay.core.types import ChatRequest, JSONObject
+from llmrelay.providers.canonical import EXTRA_CONTENT, THINKING_BLOCKS
 
 _MAPPED = frozenset(
     {
@@ -56,14 +53,7 @@ _MAPPED = frozenset(
 _NATIVE_ONLY = frozenset({"mcp_servers", "container"})
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 MIN_THINKING_BUDGET = 1024
-
-STOP_REASONS = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "refusal",
-}
+NATIVE = "anthropic"
 
 
 # -- request ------------------------------------------------------------------------------------
@@ -80,9 +70,10 @@ def model_name(body: JSONObject) -> str:
 
 
 def to_chat_request(
-    body: JSONObject, model: str, *, native: bool, counting: bool = False
+    body: JSONObject, model: str, *, upstream: str | None, counting: bool = False
 ) -> ChatRequest:
     """The canonical request for a Messages body (``counting``: for count_tokens, no max_tokens)."""
+    native = upstream == NATIVE
     max_tokens = body.get("max_tokens")
     if (not counting or max_tokens is not None) and (
         not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
@@ -94,7 +85,7 @@ def to_chat_request(
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean", param="stream")
     messages = _system(body.get("system"), native)
-    messages.extend(_turns(body.get("messages"), native))
+    messages.extend(_turns(body.get("messages"), native, gemini=upstream == "gemini"))
     canonical: JSONObject = {"model": model, "messages": messages}
     if max_tokens is not None:
         canonical["max_tokens"] = max_tokens
@@ -156,7 +147,7 @@ def _system(system: Any, native: bool) -> list[JSONObject]:
     return [{"role": "system", "content": _content(parts)}]
 
 
-def _turns(messages: Any, native: bool) -> list[JSONObject]:
+def _turns(messages: Any, native: bool, *, gemini: bool) -> list[JSONObject]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages")
     out: list[JSONObject] = []
@@ -178,7 +169,7 @@ def _turns(messages: Any, native: bool) -> list[JSONObject]:
             if role == "user":
                 out.extend(_user_turn(content, where, native))
             else:
-                out.append(_assistant_turn(content, where, native))
+                out.append(_assistant_turn(content, where, native, gemini=gemini))
         else:
             raise InvalidRequest(
                 f"'{where}.content' must be a string or an array of content blocks",
@@ -335,36 +326,33 @@ def _tool_result(
     return {"role": "tool", "tool_call_id": call_id, "content": text}
 
 
-def _assistant_turn(blocks: list[Any], where: str, native: bool) -> JSONObject:
+def _assistant_turn(blocks: list[Any], where: str, native: bool, *, gemini: bool) -> JSONObject:
     texts: list[JSONObject] = []
     calls: list[JSONObject] = []
     thinking: list[JSONObject] = []
+    message: JSONObject = {"role": "assistant"}
+    call_signature: str | None = None  # a Gemini signature for the next tool_use
     for j, block in enumerate(blocks):
         at = f"{where}.content[{j}]"
         kind = _block(block, at)
         if kind == "text":
             texts.append(_text_part(block, at, native))
         elif kind == "tool_use":
-            tool_input = block.get("input")
-            if not isinstance(tool_input, dict):
-                raise InvalidRequest(f"'{at}.input' must be an object", param=f"{at}.input")
-            calls.append(
-                {
-                    "id": _string(block, "id", at),
-                    "type": "function",
-                    "function": {
-                        "name": _string(block, "name", at),
-                        "arguments": orjson.dumps(tool_input).decode(),
-                    },
-                }
-            )
+            call = _tool_call(block, at)
+            if call_signature is not None:
+                call[EXTRA_CONTENT] = {"google": {"thought_signature": call_signature}}
+                call_signature = None
+            calls.append(call)
         elif kind == "thinking":
-            entry = {
-                "type": "thinking",
-                "thinking": _string(block, "thinking", at),
-                "signature": _string(block, "signature", at),
-            }
-            thinking.append(entry)
+            text = _string(block, "thinking", at)
+            signature = _string(block, "signature", at)
+            marked = gemini_from_anthropic(signature)
+            if marked is None:
+                thinking.append({"type": "thinking", "thinking": text, "signature": signature})
+            elif gemini and marked[1]:
+                call_signature = marked[0]
+            elif gemini and EXTRA_CONTENT not in message:
+                message[EXTRA_CONTENT] = {"google": {"thought_signature": marked[0]}}
         elif kind == "redacted_thinking":
             thinking.append({"type": "redacted_thinking", "data": _string(block, "data", at)})
         else:
@@ -373,7 +361,6 @@ def _assistant_turn(blocks: list[Any], where: str, native: bool) -> JSONObject:
                 "tool_use, thinking or redacted_thinking)",
                 param=f"{at}.type",
             )
-    message: JSONObject = {"role": "assistant"}
     if texts and any("cache_control" in part for part in texts):
         message["content"] = texts
     elif texts:
@@ -385,6 +372,20 @@ def _assistant_turn(blocks: list[Any], where: str, native: bool) -> JSONObject:
     if native and thinking:
         message[THINKING_BLOCKS] = thinking
     return message
+
+
+def _tool_call(block: JSONObject, where: str) -> JSONObject:
+    tool_input = block.get("input")
+    if not isinstance(tool_input, dict):
+        raise InvalidRequest(f"'{where}.input' must be an object", param=f"{where}.input")
+    return {
+        "id": _string(block, "id", where),
+        "type": "function",
+        "function": {
+            "name": _string(block, "name", where),
+            "arguments": orjson.dumps(tool_input).decode(),
+        },
+    }
 
 
 def _tools(body: JSONObject, canonical: JSONObject, native: bool) -> None:
@@ -522,120 +523,3 @@ def _extras(body: JSONObject, canonical: JSONObject, native: bool) -> None:
             "type": "json_schema",
             "json_schema": {"name": "output", "schema": schema},
         }
-
-
-# -- answer -------------------------------------------------------------------------------------
-
-
-def usage_payload(usage: Usage) -> JSONObject:
-    """Anthropic's usage: ``input_tokens`` excludes what was read from or written to the cache."""
-    return {
-        "input_tokens": max(
-            0, usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens
-        ),
-        "output_tokens": usage.completion_tokens,
-        "cache_creation_input_tokens": usage.cache_write_tokens,
-        "cache_read_input_tokens": usage.cached_tokens,
-    }
-
-
-def stop_reason(
-    finish_reason: Any, called: bool, matched: Any, stops: list[str]
-) -> tuple[str, str | None]:
-    """``(stop_reason, stop_sequence)``; ``matched`` is the stop string the upstream reported
-    hitting (vLLM's ``stop_reason``), the only way a canonical answer can name it."""
-    if finish_reason in ("stop", None) and isinstance(matched, str) and matched in stops:
-        return "stop_sequence", matched
-    reason = STOP_REASONS.get(finish_reason, "end_turn") if finish_reason else "end_turn"
-    if reason == "end_turn" and called:
-        reason = "tool_use"  # OpenAI answers a named tool_choice with "stop"
-    return reason, None
-
-
-def tool_input(arguments: Any) -> JSONObject:
-    """A tool call's arguments as an object: ``""`` (no arguments) is ``{}``; so is a string cut
-    short by the token cap, which Anthropic's ``input`` (always an object) cannot carry."""
-    if isinstance(arguments, dict):
-        return arguments
-    if isinstance(arguments, str) and arguments.strip():
-        try:
-            parsed = orjson.loads(arguments)
-        except orjson.JSONDecodeError:
-            return {}
-        if isinstance(parsed, dict):
-            return parsed
-    return {}
-
-
-def thinking_blocks(message: JSONObject) -> list[JSONObject]:
-    """An answer's thinking: Anthropic's signed blocks verbatim, else its reasoning text."""
-    blocks = message.get(THINKING_BLOCKS)
-    if isinstance(blocks, list) and blocks:
-        out = []
-        for block in blocks:
-            if not isinstance(block, dict):
-                continue
-            if block.get("type") == "redacted_thinking":
-                out.append({"type": "redacted_thinking", "data": block.get("data") or ""})
-            else:
-                out.append(
-                    {
-                        "type": "thinking",
-                        "thinking": block.get("thinking") or "",
-                        "signature": block.get("signature") or "",
-                    }
-                )
-        return out
-    reasoning = message.get(REASONING_CONTENT)
-    if isinstance(reasoning, str) and reasoning:
-        return [{"type": "thinking", "thinking": reasoning, "signature": ""}]
-    return []
-
-
-def message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(part.get("text") or "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return ""
-
-
-def to_message(
-    completion: JSONObject, request_id: str, model: str, usage: Usage, stops: list[str]
-) -> JSONObject:
-    """A ``chat.completion`` as Anthropic's ``Message`` (its first choice: Anthropic has one)."""
-    choices = completion.get("choices") or [{}]
-    choice = choices[0]
-    message = choice.get("message") or {}
-    content = thinking_blocks(message)
-    text = message_text(message.get("content")) or message.get("refusal") or ""
-    if text:
-        content.append({"type": "text", "text": text})
-    calls = message.get("tool_calls") or []
-    for position, call in enumerate(calls):
-        function = call.get("function") or {}
-        content.append(
-            {
-                "type": "tool_use",
-                "id": call.get("id") or f"toolu_{request_id}_{position}",
-                "name": function.get("name") or "",
-                "input": tool_input(function.get("arguments")),
-            }
-        )
-    reason, sequence = stop_reason(
-        choice.get("finish_reason"), bool(calls), choice.get("stop_reason"), stops
-    )
-    return {
-        "id": request_id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": reason,
-        "stop_sequence": sequence,
-        "usage": usage_payload(usage),
-    }

@@ -7,9 +7,12 @@ prompt, and ``message_delta`` at the end repeats every usage field with the real
 SDK's accumulator takes over. In between, one block at a time, indices 0, 1, 2...: reasoning text
 → a ``thinking`` block (``thinking_delta``; an Anthropic upstream's signature → ``signature_delta``
 before its ``content_block_stop``), ``redacted_thinking`` blocks whole, text → a ``text`` block
-(``text_delta``), each tool call → its own ``tool_use`` block (``input_json_delta``). A block is
-closed before the next opens; then ``message_delta`` (stop reason, cumulative usage) and
-``message_stop``. A failure after the commit is one ``event: error``.
+(``text_delta``), each tool call → its own ``tool_use`` block (``input_json_delta``). A Gemini
+upstream's signatures ride in thinking blocks as ``anthropic_answer`` writes them: the answer's as
+a ``signature_delta`` of the open thinking block (or of a block of its own), a call's in a
+signature-only thinking block just before the call. A block is closed before the next opens;
+then ``message_delta`` (stop reason, cumulative usage) and ``message_stop``. A failure after the
+commit is one ``event: error``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from typing import Any
 
 import orjson
 
-from llmrelay.api.anthropic_convert import stop_reason, usage_payload
+from llmrelay.api.anthropic_answer import gemini_signature, stop_reason, usage_payload
 from llmrelay.api.asgi import SSE_HEADERS, Headers
+from llmrelay.api.signatures import gemini_for_anthropic
 from llmrelay.core.errors import GatewayError
 from llmrelay.core.exchange import Exchange
 from llmrelay.core.tokens import estimate_prompt_tokens
@@ -86,12 +90,15 @@ class MessageEncoder:
             for block in delta.get(THINKING_BLOCKS) or ():
                 if isinstance(block, dict):
                     out += self._signed_block(block)
+            signature = gemini_signature(delta)
+            if signature is not None:
+                out += self._gemini_signature(signature, call=False)
             text = delta.get("content") or delta.get("refusal")
             if text:
                 out += self._open_block("text", {"type": "text", "text": ""})
                 out += self._delta({"type": "text_delta", "text": text})
-            for call in delta.get("tool_calls") or ():
-                out += self._tool_call(call)
+            for position, call in enumerate(delta.get("tool_calls") or ()):
+                out += self._tool_call(call, position)
             finish = choice.get("finish_reason")
             if finish:
                 self._finish = finish
@@ -142,8 +149,8 @@ class MessageEncoder:
         }
         return event(b"message_start", {"type": "message_start", "message": message})
 
-    def _open_block(self, kind: str, start: JSONObject) -> bytes:
-        if self._open == kind and kind != "tool_use":
+    def _open_block(self, kind: str, start: JSONObject, *, fresh: bool = False) -> bytes:
+        if self._open == kind and kind != "tool_use" and not fresh:
             return b""
         out = self._close_block()
         self._index += 1
@@ -182,20 +189,31 @@ class MessageEncoder:
             out += self._delta({"type": "signature_delta", "signature": block["signature"]})
         return out + self._close_block()
 
-    def _tool_call(self, call: JSONObject) -> bytes:
-        position = call.get("index", 0)
+    def _gemini_signature(self, signature: str, *, call: bool) -> bytes:
+        marked = gemini_for_anthropic(signature, call=call)
+        out = b""
+        if call or self._open != "thinking":
+            out = self._open_block("thinking", dict(_THINKING_START), fresh=True)
+        out += self._delta({"type": "signature_delta", "signature": marked})
+        return out + self._close_block()
+
+    def _tool_call(self, call: JSONObject, position: int) -> bytes:
+        position = call.get("index", position)
         function = call.get("function") or {}
         out = b""
         block = self._tools.get(position)
         if block is None:
             self._called = True
+            signature = gemini_signature(call)
+            if signature is not None:
+                out = self._gemini_signature(signature, call=True)
             start: JSONObject = {
                 "type": "tool_use",
                 "id": call.get("id") or f"toolu_{self._exchange.id}_{position}",
                 "name": function.get("name") or "",
                 "input": {},
             }
-            out = self._open_block("tool_use", start)
+            out += self._open_block("tool_use", start)
             block = self._tools[position] = self._index
         arguments = function.get("arguments")
         if arguments:

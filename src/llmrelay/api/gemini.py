@@ -16,7 +16,8 @@ from typing import ClassVar
 import orjson
 
 from llmrelay.api.asgi import JSON_HEADERS, ClientDisconnected, Request, Send, send_bytes
-from llmrelay.api.gemini_convert import reasoning_effort, to_chat_request, to_response
+from llmrelay.api.gemini_answer import to_response
+from llmrelay.api.gemini_request import NATIVE, reasoning_effort, to_chat_request
 from llmrelay.api.gemini_stream import KEEPALIVE, GenerateEncoder, error_payload
 from llmrelay.api.surface import (
     Dialect,
@@ -34,7 +35,6 @@ from llmrelay.core.pipeline import Gateway
 from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
 from llmrelay.core.validate import parse_json_object
 
-NATIVE_TYPE = "gemini"
 GENERATE = "generateContent"
 STREAM = "streamGenerateContent"
 COUNT = "countTokens"
@@ -64,22 +64,22 @@ class GenerateDialect(Dialect):
         self._model = model
         self._stream = stream
         self._body: JSONObject = {}
-        self._native = False
+        self._upstream: str | None = None
 
     def parse(self, body: bytes) -> ChatRequest:
         self._body = parse_json_object(body)
         model = resolve_model_name(self.gateway.catalogue, self._model)
-        self._native = model_type(self.gateway, model) == NATIVE_TYPE
-        return to_chat_request(self._body, model, stream=self._stream, native=self._native)
+        self._upstream = model_type(self.gateway, model)
+        return to_chat_request(self._body, model, stream=self._stream, upstream=self._upstream)
 
     def routed(self, exchange: Exchange, chat: ChatRequest) -> ChatRequest:
-        native = provider_type(self.gateway, exchange.model) == NATIVE_TYPE
-        if native != self._native:
-            # An auto name routed to a Gemini model: convert again, keeping its extras.
-            self._native = native
-            chat = to_chat_request(self._body, chat.model, stream=self._stream, native=native)
+        upstream = provider_type(self.gateway, exchange.model)
+        if upstream != self._upstream:
+            # An auto name routed to a model whose dialect's extras differ: convert again.
+            self._upstream = upstream
+            chat = to_chat_request(self._body, chat.model, stream=self._stream, upstream=upstream)
             exchange.messages = chat.messages
-        if not native:
+        if upstream != NATIVE:
             effort = reasoning_effort(self._body)
             if effort is not None and can_reason(exchange.model):
                 chat.body["reasoning_effort"] = effort

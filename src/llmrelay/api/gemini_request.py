@@ -1,4 +1,4 @@
-"""Gemini ``generateContent`` (inbound) ⇄ canonical: the surface's validation and pure conversions.
+"""Gemini ``generateContent`` request → canonical: the surface's validation and a pure conversion.
 
 Every 400 names the client's field (``contents[2].parts[0].functionResponse.name``). Field names
 are read in Gemini's camelCase and, as Google's JSON parser also accepts them, in snake_case.
@@ -16,16 +16,13 @@ NONE → auto / required (named when one function is allowed) / none; ``generati
 ``presencePenalty``, ``frequencyPenalty``, ``seed``, ``responseMimeType: application/json`` →
 ``json_object``, ``responseSchema`` / ``responseJsonSchema`` → ``json_schema``.
 
-``native`` (the routed model's provider speaks Gemini too) adds what only Gemini can use: thought
-signatures on the canonical ``extra_content.google.thought_signature`` extension (the Gemini
-provider sends them back on the parts they came on), the ``generationConfig`` fields OpenAI has no
-name for (``thinkingConfig``, ``topK``, ``responseModalities``...), ``safetySettings`` and
-``cachedContent``. Other upstreams never see these.
-
-Answer: thought parts from ``reasoning_content``, text, ``functionCall`` parts carrying the
-canonical tool-call id in ``id`` (so the next turn's ``functionResponse`` maps back), thought
-signatures back on their parts; ``finishReason`` STOP / MAX_TOKENS / SAFETY; ``usageMetadata``
-with ``promptTokenCount`` including cached tokens and ``candidatesTokenCount`` excluding thoughts.
+``upstream`` is the provider type of the routed model. When it is ``gemini`` too, the canonical
+request also carries what only Gemini can use: thought signatures on the canonical
+``extra_content.google.thought_signature`` extension (the Gemini provider sends them back on the
+parts they came on), the ``generationConfig`` fields OpenAI has no name for (``thinkingConfig``,
+``topK``, ``responseModalities``...), ``safetySettings`` and ``cachedContent``. When it is
+``anthropic``, the thought parts whose signature the gateway marked (``signatures``) go back as
+the signed ``thinking_blocks`` Anthropic wants. Other upstreams never see any of these.
 """
 
 from __future__ import annotations
@@ -34,17 +31,12 @@ from typing import Any
 
 import orjson
 
+from llmrelay.api.signatures import anthropic_from_gemini
 from llmrelay.core.errors import InvalidRequest, UnsupportedParameter
-from llmrelay.core.types import ChatRequest, JSONObject, Usage
-from llmrelay.providers.canonical import EXTRA_CONTENT, REASONING_CONTENT
+from llmrelay.core.types import ChatRequest, JSONObject
+from llmrelay.providers.canonical import EXTRA_CONTENT, THINKING_BLOCKS
 
-FINISH_REASONS = {
-    "stop": "STOP",
-    "tool_calls": "STOP",
-    "function_call": "STOP",
-    "length": "MAX_TOKENS",
-    "content_filter": "SAFETY",
-}
+NATIVE = "gemini"
 _AUDIO_FORMATS = {"audio/wav": "wav", "audio/x-wav": "wav", "audio/mpeg": "mp3", "audio/mp3": "mp3"}
 # generationConfig fields mapped to canonical fields; the rest are Gemini's own.
 _MAPPED_GENERATION = frozenset(
@@ -98,9 +90,12 @@ def _snake(name: str) -> str:
 # -- request ------------------------------------------------------------------------------------
 
 
-def to_chat_request(body: JSONObject, model: str, *, stream: bool, native: bool) -> ChatRequest:
-    messages = _system(field(body, "systemInstruction"), native)
-    messages.extend(_contents(body.get("contents"), native))
+def to_chat_request(
+    body: JSONObject, model: str, *, stream: bool, upstream: str | None
+) -> ChatRequest:
+    native = upstream == NATIVE
+    messages = _system(field(body, "systemInstruction"))
+    messages.extend(_contents(body.get("contents"), upstream))
     canonical: JSONObject = {"model": model, "messages": messages}
     if stream:
         canonical["stream"] = True
@@ -139,7 +134,7 @@ def reasoning_effort(body: JSONObject) -> str | None:
     return "low" if budget <= 2048 else "medium" if budget <= 8192 else "high"
 
 
-def _system(instruction: Any, native: bool) -> list[JSONObject]:
+def _system(instruction: Any) -> list[JSONObject]:
     if instruction is None:
         return []
     if isinstance(instruction, str):
@@ -161,7 +156,7 @@ def _system(instruction: Any, native: bool) -> list[JSONObject]:
     return [{"role": "system", "content": text}] if text else []
 
 
-def _contents(contents: Any, native: bool) -> list[JSONObject]:
+def _contents(contents: Any, upstream: str | None) -> list[JSONObject]:
     if not isinstance(contents, list) or not contents:
         raise InvalidRequest("'contents' must be a non-empty array", param="contents")
     out: list[JSONObject] = []
@@ -177,7 +172,7 @@ def _contents(contents: Any, native: bool) -> list[JSONObject]:
                 f"'{where}.parts' must be a non-empty array", param=f"{where}.parts"
             )
         if role == "model":
-            message, pending = _model_turn(parts, where, i, native)
+            message, pending = _model_turn(parts, where, i, upstream)
             out.append(message)
         elif role in ("user", "function"):
             out.extend(_user_turn(parts, where, pending))
@@ -198,36 +193,46 @@ def _signature(part: JSONObject) -> str | None:
 
 
 def _model_turn(
-    parts: list[Any], where: str, turn: int, native: bool
+    parts: list[Any], where: str, turn: int, upstream: str | None
 ) -> tuple[JSONObject, list[tuple[str, str]]]:
+    native = upstream == NATIVE
     texts: list[str] = []
+    thoughts: list[str] = []  # thought text since the last signed thinking block
+    blocks: list[JSONObject] = []
     calls: list[JSONObject] = []
     message: JSONObject = {"role": "assistant"}
     for j, raw in enumerate(parts):
         at = f"{where}.parts[{j}]"
         part = _part(raw, at)
-        found = _signature(part)
-        signature = found if native else None
+        signature = _signature(part)
         call = field(part, "functionCall")
         text = part.get("text")
         if call is not None:
-            calls.append(_function_call(call, f"{at}.functionCall", turn, len(calls), signature))
-        elif isinstance(text, str):
-            if part.get("thought"):
-                continue  # the model's own thoughts are never sent back as input
-            texts.append(text)
-            if signature is not None and EXTRA_CONTENT not in message:
-                message[EXTRA_CONTENT] = {"google": {"thought_signature": signature}}
-        elif found is None:
+            own = signature if native else None
+            calls.append(_function_call(call, f"{at}.functionCall", turn, len(calls), own))
+            continue
+        if not isinstance(text, str) and signature is None:
             raise InvalidRequest(
                 f"'{at}' must hold text or a functionCall in a model turn", param=at
             )
-        elif signature is not None and EXTRA_CONTENT not in message:
+        if isinstance(text, str):
+            # The model's own thoughts are not input again; only their signatures go back.
+            (thoughts if part.get("thought") else texts).append(text)
+        if signature is None:
+            continue
+        block = anthropic_from_gemini(signature, "".join(thoughts))
+        if block is not None:
+            thoughts.clear()
+            if upstream == "anthropic":
+                blocks.append(block)
+        elif native and EXTRA_CONTENT not in message:
             message[EXTRA_CONTENT] = {"google": {"thought_signature": signature}}
     text = "".join(texts)
     message["content"] = text if text or not calls else None
     if calls:
         message["tool_calls"] = calls
+    if blocks:
+        message[THINKING_BLOCKS] = blocks
     return message, [(call["id"], call["function"]["name"]) for call in calls]
 
 
@@ -328,13 +333,10 @@ def _function_response(response: Any, where: str, pending: list[tuple[str, str]]
         raise InvalidRequest(f"'{where}.name' must be a string", param=f"{where}.name")
     name = response["name"]
     given = response.get("id")
-    match = None
-    for index, (call_id, call_name) in enumerate(pending):
-        if (isinstance(given, str) and given and call_id == given) or (
-            not given and call_name == name
-        ):
-            match = index
-            break
+    # By id when the client kept it, else (or when it matches nothing) by name, in call order.
+    match = next((i for i, (call_id, _) in enumerate(pending) if given and call_id == given), None)
+    if match is None:
+        match = next((i for i, (_, call_name) in enumerate(pending) if call_name == name), None)
     if match is None:
         raise InvalidRequest(
             f"'{where}' answers no functionCall named {name!r} of the model turn before it",
@@ -546,102 +548,3 @@ def to_json_schema(schema: JSONObject) -> JSONObject:
     if isinstance(any_of, list):
         out["anyOf"] = [to_json_schema(s) for s in any_of if isinstance(s, dict)]
     return out
-
-
-# -- answer -------------------------------------------------------------------------------------
-
-
-def usage_metadata(usage: Usage) -> JSONObject:
-    """Gemini's counts: the prompt includes cached tokens, the candidates exclude thoughts."""
-    metadata: JSONObject = {
-        "promptTokenCount": usage.prompt_tokens,
-        "candidatesTokenCount": max(0, usage.completion_tokens - usage.reasoning_tokens),
-        "totalTokenCount": usage.prompt_tokens + usage.completion_tokens,
-    }
-    if usage.reasoning_tokens:
-        metadata["thoughtsTokenCount"] = usage.reasoning_tokens
-    if usage.cached_tokens:
-        metadata["cachedContentTokenCount"] = usage.cached_tokens
-    return metadata
-
-
-def finish_reason(reason: Any) -> str:
-    return FINISH_REASONS.get(reason, "STOP") if isinstance(reason, str) else "STOP"
-
-
-def signature_of(holder: JSONObject) -> str | None:
-    """A thought signature on the canonical ``extra_content.google`` extension."""
-    extra = holder.get(EXTRA_CONTENT)
-    google = extra.get("google") if isinstance(extra, dict) else None
-    signature = google.get("thought_signature") if isinstance(google, dict) else None
-    return signature if isinstance(signature, str) and signature else None
-
-
-def call_part(call_id: str, name: str, arguments: Any, signature: str | None) -> JSONObject:
-    part: JSONObject = {"functionCall": {"id": call_id, "name": name, "args": _args(arguments)}}
-    if signature is not None:
-        part["thoughtSignature"] = signature
-    return part
-
-
-def _args(arguments: Any) -> JSONObject:
-    # Gemini's args are an object; "" (no arguments) and a string cut short by the cap are {}.
-    if isinstance(arguments, dict):
-        return arguments
-    if isinstance(arguments, str) and arguments.strip():
-        try:
-            parsed = orjson.loads(arguments)
-        except orjson.JSONDecodeError:
-            return {}
-        if isinstance(parsed, dict):
-            return parsed
-    return {}
-
-
-def message_parts(message: JSONObject, request_id: str, index: int) -> list[JSONObject]:
-    parts: list[JSONObject] = []
-    reasoning = message.get(REASONING_CONTENT)
-    if isinstance(reasoning, str) and reasoning:
-        parts.append({"text": reasoning, "thought": True})
-    content = message.get("content")
-    text = content if isinstance(content, str) else ""
-    if isinstance(content, list):
-        text = "".join(
-            str(p.get("text") or "") for p in content if isinstance(p, dict) and "text" in p
-        )
-    text = text or message.get("refusal") or ""
-    signature = signature_of(message)
-    if text or signature:
-        part: JSONObject = {"text": text}
-        if signature:
-            part["thoughtSignature"] = signature
-        parts.append(part)
-    for position, call in enumerate(message.get("tool_calls") or ()):
-        function = call.get("function") or {}
-        call_id = call.get("id") or f"call_{request_id}_{index}_{position}"
-        name = function.get("name") or ""
-        parts.append(call_part(call_id, name, function.get("arguments"), signature_of(call)))
-    return parts or [{"text": ""}]
-
-
-def to_response(completion: JSONObject, request_id: str, model: str, usage: Usage) -> JSONObject:
-    """A ``chat.completion`` as Gemini's ``GenerateContentResponse``."""
-    candidates = []
-    for choice in completion.get("choices") or ():
-        index = int(choice.get("index") or 0)
-        candidates.append(
-            {
-                "content": {
-                    "role": "model",
-                    "parts": message_parts(choice.get("message") or {}, request_id, index),
-                },
-                "finishReason": finish_reason(choice.get("finish_reason")),
-                "index": index,
-            }
-        )
-    return {
-        "candidates": candidates,
-        "usageMetadata": usage_metadata(usage),
-        "modelVersion": model,
-        "responseId": request_id,
-    }

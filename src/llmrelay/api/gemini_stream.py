@@ -19,11 +19,17 @@ from dataclasses import dataclass, field
 import orjson
 
 from llmrelay.api.asgi import SSE_HEADERS, Headers
-from llmrelay.api.gemini_convert import call_part, finish_reason, signature_of, usage_metadata
+from llmrelay.api.gemini_answer import (
+    call_part,
+    finish_reason,
+    signature_of,
+    thought_parts,
+    usage_metadata,
+)
 from llmrelay.core.errors import GatewayError
 from llmrelay.core.exchange import Exchange
 from llmrelay.core.types import JSONObject, Usage
-from llmrelay.providers.canonical import REASONING_CONTENT
+from llmrelay.providers.canonical import REASONING_CONTENT, THINKING_BLOCKS
 
 KEEPALIVE = b"\r\n"
 JSON_STREAM_HEADERS: Headers = [
@@ -118,6 +124,10 @@ class GenerateEncoder:
         reasoning = delta.get(REASONING_CONTENT)
         if reasoning:
             parts.append({"text": reasoning, "thought": True})
+        for part in thought_parts(delta.get(THINKING_BLOCKS)):
+            # An Anthropic block's text already streamed as reasoning: only its signature is new.
+            part["text"] = ""
+            parts.append(part)
         text = delta.get("content") or delta.get("refusal")
         if text:
             parts.append({"text": text})
@@ -128,12 +138,12 @@ class GenerateEncoder:
                 parts[-1]["thoughtSignature"] = signature
             else:
                 parts.append({"text": "", "thoughtSignature": signature})
-        for call in delta.get("tool_calls") or ():
-            self._gather(call, state, index)
+        for position, call in enumerate(delta.get("tool_calls") or ()):
+            self._gather(call, state, index, position)
         return parts
 
-    def _gather(self, call: JSONObject, state: _Candidate, index: int) -> None:
-        position = int(call.get("index") or 0)
+    def _gather(self, call: JSONObject, state: _Candidate, index: int, position: int) -> None:
+        position = int(call.get("index", position))
         function = call.get("function") or {}
         known = state.calls.get(position)
         if known is None:
