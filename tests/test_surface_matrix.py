@@ -678,3 +678,34 @@ def test_anthropic_thinking_round_trips_through_a_gemini_client(
     }
     assert assistant["content"][1]["type"] == "tool_use"
     client.close()
+
+
+def test_count_tokens_asks_the_providers_own_counter(
+    matrix_gateway: RunningGateway, emulator: ThreadedEmulator
+) -> None:
+    key = matrix_gateway.create_key(name="count")
+    question: Any = [{"role": "user", "content": PROMPT}]
+    with anthropic.Anthropic(base_url=matrix_gateway.base_url, api_key=key, max_retries=0) as c:
+        counted = c.messages.count_tokens(model="ant/m", system="Be brief.", messages=question)
+        assert counted.input_tokens == count_prompt_tokens(question, "Be brief.")
+        sent = emulator.requests[-1]
+        assert sent.path == "/v1/messages/count_tokens"
+        assert "max_tokens" not in sent.json
+        assert sent.headers["x-api-key"] == "sk-ant-upstream"
+        # Any surface can ask: the Gemini client's countTokens reaches the same counter.
+        gemini = genai.Client(
+            api_key=key, http_options=types.HttpOptions(base_url=matrix_gateway.base_url)
+        )
+        assert gemini.models.count_tokens(model="ant/m", contents=PROMPT).total_tokens == (
+            PROMPT_TOKENS
+        )
+        gemini.close()
+        # Never an estimate posing as a count: no counter, no number.
+        with pytest.raises(anthropic.NotFoundError):
+            c.messages.count_tokens(model="oai/m", messages=question)
+    denied = matrix_gateway.create_key(name="count-denied", models=("oai/*",))
+    with (
+        anthropic.Anthropic(base_url=matrix_gateway.base_url, api_key=denied, max_retries=0) as c,
+        pytest.raises(anthropic.PermissionDeniedError),
+    ):
+        c.messages.count_tokens(model="ant/m", messages=question)

@@ -33,6 +33,11 @@ from llmrelay.providers.upstream import (
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
+# What /v1/messages/count_tokens accepts of a Messages body (it refuses max_tokens, stream...).
+COUNT_FIELDS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
+    | {"output_config", "cache_control", "context_management"}
+)
 
 # Anthropic's error types and the HTTP status each stands for (docs.claude.com/en/api/errors); an
 # in-stream error has only its type to say what it means.
@@ -66,6 +71,7 @@ class AnthropicProvider(Provider):
         }
         self._headers = {**headers, "accept": "application/json"}
         self._stream_headers = {**headers, "accept": "text/event-stream"}
+        self._count_url = self._url + "/count_tokens"
 
     # -- the contract -------------------------------------------------------------------------
 
@@ -117,6 +123,25 @@ class AnthropicProvider(Provider):
             # Reached on normal end, on error, and when the gateway closes this generator
             # because the client went away: the connection is dropped, never pooled half-read.
             response.close()
+
+    async def count_tokens(self, call: UpstreamRequest) -> int | None:
+        """Anthropic's own count of the prompt (``POST /v1/messages/count_tokens``, free)."""
+        check_request(call.request, call.model, self.capabilities, self.name)
+        wire = request_to_wire(call.request, call.model, stream=False)
+        body = orjson.dumps({k: v for k, v in wire.items() if k in COUNT_FIELDS})
+        response = await self._client.post(
+            self._count_url, body, self._headers, self._timeouts, self.name
+        )
+        try:
+            if response.status != 200:
+                raise await self._status_error(response)
+            payload = await read_json(response, self.name)
+        finally:
+            response.release()
+        count = payload.get("input_tokens") if isinstance(payload, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise self._error(200, payload)
+        return count
 
     # -- wire and errors ----------------------------------------------------------------------
 
