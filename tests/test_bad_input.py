@@ -61,17 +61,23 @@ def still_serving(gateway: RunningGateway, key: str) -> None:
         ({"model": "mock/echo"}, "messages"),
         ({"model": "mock/echo", "messages": []}, "messages"),
         ({"model": "mock/echo", "messages": "hi"}, "messages"),
-        ({"model": "mock/echo", "messages": [{"role": "wizard", "content": "x"}]},
-         "messages[0].role"),
-        ({"model": "mock/echo", "messages": [{"role": "user", "content": 5}]},
-         "messages[0].content"),
+        (
+            {"model": "mock/echo", "messages": [{"role": "wizard", "content": "x"}]},
+            "messages[0].role",
+        ),
+        (
+            {"model": "mock/echo", "messages": [{"role": "user", "content": 5}]},
+            "messages[0].content",
+        ),
         ({"model": "mock/echo", "messages": USER, "max_tokens": -1}, "max_tokens"),
         ({"model": "mock/echo", "messages": USER, "max_tokens": "ten"}, "max_tokens"),
         ({"model": "mock/echo", "messages": USER, "temperature": 3}, "temperature"),
         ({"model": "mock/echo", "messages": USER, "stream": "yes"}, "stream"),
         ({"model": "mock/echo", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"model": "mock/echo", "messages": USER, "tools": [{"type": "function"}]},
-         "tools[0].function.name"),
+        (
+            {"model": "mock/echo", "messages": USER, "tools": [{"type": "function"}]},
+            "tools[0].function.name",
+        ),
     ],
 )
 def test_invalid_requests_are_400_naming_the_field(
@@ -112,8 +118,12 @@ def test_huge_body_is_413(gateway_factory: Any) -> None:
 
 
 def test_unknown_model_is_404(gateway: RunningGateway, key: str) -> None:
-    assert_error(post(gateway, key, {"model": "nope/model", "messages": USER}), 404,
-                 "model_not_found", "model")
+    assert_error(
+        post(gateway, key, {"model": "nope/model", "messages": USER}),
+        404,
+        "model_not_found",
+        "model",
+    )
 
 
 def test_missing_and_bad_keys_are_401_and_never_echoed(gateway: RunningGateway) -> None:
@@ -155,16 +165,18 @@ def test_upstream_errors_keep_their_meaning(
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_429_keeps_retry_after(gateway: RunningGateway, key: str, stream: bool) -> None:
     response = post(
-        gateway, key, {"model": "emu/gpt+status=429+retry_after=7", "messages": USER,
-                       "stream": stream}
+        gateway,
+        key,
+        {"model": "emu/gpt+status=429+retry_after=7", "messages": USER, "stream": stream},
     )
     assert_error(response, 429, "upstream_rate_limit")
     assert response.headers["retry-after"] == "7"
 
 
 def test_error_first_stream_becomes_an_http_error(gateway: RunningGateway, key: str) -> None:
-    response = post(gateway, key, {"model": "emu/gpt+error_first", "messages": USER,
-                                   "stream": True})
+    response = post(
+        gateway, key, {"model": "emu/gpt+error_first", "messages": USER, "stream": True}
+    )
     assert response.status_code >= 500
     assert response.headers["content-type"] == "application/json"
     assert "error" in response.json()
@@ -180,7 +192,8 @@ def test_mid_stream_failure_ends_with_an_error_chunk(
     assert events[-1] == b"data: [DONE]"
     last = orjson.loads(events[-2][6:])
     assert last["choices"] == [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]
-    assert isinstance(last["error"]["code"], int) and last["error"]["code"] >= 400
+    assert isinstance(last["error"]["code"], int)
+    assert last["error"]["code"] >= 400
     assert last["error"]["message"]
     finishes = [orjson.loads(e[6:])["choices"][0]["finish_reason"] for e in events[:-2]]
     assert "stop" not in finishes
@@ -210,8 +223,7 @@ def test_timeouts_are_504(gateway_factory: Any, emulator: Any) -> None:
     )
     key = gateway.create_key(name="user")
     for stream in (False, True):
-        response = post(gateway, key, {"model": "emu/gpt+hang", "messages": USER,
-                                       "stream": stream})
+        response = post(gateway, key, {"model": "emu/gpt+hang", "messages": USER, "stream": stream})
         assert_error(response, 504, "upstream_timeout")
 
 

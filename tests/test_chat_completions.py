@@ -58,7 +58,9 @@ def test_non_streaming_answer_and_headers(
     assert completion.id == raw.headers["x-request-id"]
     assert raw.headers["x-resolved-model"] == "emu/gpt"
     assert completion.model == "emu/gpt"
-    assert completion.choices[0].message.content == "Echo: hello there gateway lorem ipsum dolor sit"
+    assert (
+        completion.choices[0].message.content == "Echo: hello there gateway lorem ipsum dolor sit"
+    )
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == count_prompt_tokens(MESSAGES)
@@ -101,7 +103,8 @@ def test_streaming_with_usage(gateway: RunningGateway, client: openai.OpenAI) ->
     row = gateway.ledger_row(chunks[0].id)
     assert row.stream is True
     assert row.completion_tokens == 8
-    assert row.ttft_ms is not None and row.ttft_ms <= row.latency_ms
+    assert row.ttft_ms is not None
+    assert row.ttft_ms <= row.latency_ms
 
 
 def test_usage_is_requested_upstream_but_not_sent_unasked(
@@ -163,7 +166,8 @@ def test_parallel_tool_calls_stream_through_the_sdk_helper(client: openai.OpenAI
             pass
         final = stream.get_final_completion()
     calls = final.choices[0].message.tool_calls
-    assert calls is not None and len(calls) == 2
+    assert calls is not None
+    assert len(calls) == 2
     assert len({c.id for c in calls}) == 2
     for call in calls:
         assert call.type == "function"
@@ -187,12 +191,14 @@ def test_no_upstream_usage_is_estimated(gateway: RunningGateway, client: openai.
     assert chunks[-1].usage.completion_tokens > 0
     row = gateway.ledger_row(chunks[0].id)
     assert row.estimated is True
-    assert row.prompt_tokens > 0 and row.completion_tokens > 0
+    assert row.prompt_tokens > 0
+    assert row.completion_tokens > 0
 
 
 def test_cached_tokens_priced_once(gateway: RunningGateway, client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(model="emu/gpt+cached=5", messages=MESSAGES)
-    assert completion.usage is not None and completion.usage.prompt_tokens_details is not None
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens_details is not None
     assert completion.usage.prompt_tokens_details.cached_tokens == 5
     row = gateway.ledger_row(completion.id)
     prompt = completion.usage.prompt_tokens

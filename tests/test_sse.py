@@ -42,9 +42,9 @@ def test_comments_and_fields_never_become_data() -> None:
     stream = (
         b": OPENROUTER PROCESSING\n\n"
         b"retry: 3000\n\n"
-        b"id: 7\nevent: message_start\ndata: {\"x\":1}\n\n"
+        b'id: 7\nevent: message_start\ndata: {"x":1}\n\n'
         b": another comment\n"
-        b"data:{\"no_space\":true}\n\n"
+        b'data:{"no_space":true}\n\n'
     )
     decoder = SSEDecoder()
     events = decoder.feed(stream) + decoder.close()

@@ -57,7 +57,9 @@ def test_keepalive_comments_precede_a_slow_first_token(gateway: RunningGateway) 
     # And the official SDK ignores them.
     with openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=key, max_retries=0) as client:
         stream = client.chat.completions.create(
-            model="emu/gpt+first=3000", messages=USER, stream=True  # type: ignore[arg-type]
+            model="emu/gpt+first=3000",
+            messages=USER,
+            stream=True,  # type: ignore[arg-type]
         )
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text.startswith("Echo: hello")

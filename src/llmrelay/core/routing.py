@@ -3,7 +3,8 @@
 For ``auto`` the decision is: streaming requests go to ``router.streaming_fallback`` unclassified
 (unless ``classify_streams``); otherwise a structural gate decides the baskets that are
 requirements (images → ``vision``, tools → ``tools``, a long prompt → ``long_context``), then the
-text classifier picks ``chat``/``code``/``reasoning``, falling back to ``default_basket`` when unsure.
+text classifier picks ``chat``/``code``/``reasoning``, falling back to ``default_basket`` when
+unsure.
 Within a basket the first candidate that has every capability the request needs wins.
 """
 
