@@ -143,6 +143,11 @@ def test_json_formatter_writes_one_object_per_line() -> None:
     assert entry["request_id"] == "r1"
     assert entry["message"] == "upstream emu failed for ?key=[redacted]"
     assert entry["time"].endswith("+00:00")
+    extras = orjson.loads(
+        JsonFormatter().format(record("hi", color_message="\x1b[1mhi", attempt=2))
+    )
+    assert extras["attempt"] == 2
+    assert "color_message" not in extras
     try:
         raise ValueError("boom with Bearer lr-0123456789abcdefghij")
     except ValueError:
@@ -211,11 +216,14 @@ async def test_the_request_id_stays_in_its_own_task() -> None:
 
 
 def test_configuration_from_the_environment(restore_logging: None) -> None:
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False  # what uvicorn does with access_log=False, as `serve` runs it
     assert configure_logging_from_environment({}) is None
     handler = configure_logging_from_environment({"LLMRELAY_LOG_FORMAT": "json"})
     assert handler is not None
     assert isinstance(handler.formatter, JsonFormatter)
-    assert logging.getLogger("uvicorn.access").propagate
+    assert logging.getLogger("uvicorn.access").propagate is False  # uvicorn switched it off
     with pytest.raises(ValueError, match="log format"):
         configure_logging("yaml")
     config = uvicorn_log_config("json", "debug")

@@ -57,6 +57,8 @@ _RECORD_FIELDS = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
     | {"message", "asctime", "request_id", "taskName"}
 )
+# Added by our text formatter, or by uvicorn for its coloured console output.
+_NOT_EXTRAS = frozenset({"rid", "color_message"})
 
 
 def redact(text: str) -> str:
@@ -101,7 +103,7 @@ class JsonFormatter(logging.Formatter):
         if rid:
             entry["request_id"] = rid
         for name, value in record.__dict__.items():
-            if name not in _RECORD_FIELDS and name != "rid":
+            if name not in _RECORD_FIELDS and name not in _NOT_EXTRAS:
                 entry[name] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -140,11 +142,13 @@ def configure_logging(
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        # uvicorn installs handlers of its own; send its lines through ours instead.
+    for name in ("uvicorn", "uvicorn.access"):
+        # uvicorn installs handlers of its own; send its lines through ours instead. An access
+        # log that uvicorn switched off (no handlers, not propagating) stays off.
         uvicorn_logger = logging.getLogger(name)
-        uvicorn_logger.handlers.clear()
-        uvicorn_logger.propagate = True
+        if uvicorn_logger.handlers:
+            uvicorn_logger.handlers.clear()
+            uvicorn_logger.propagate = True
     return handler
 
 
