@@ -83,9 +83,7 @@ class MessageEncoder:
             delta = choice.get("delta") or {}
             reasoning = delta.get(REASONING_CONTENT)
             if reasoning:
-                out += self._open_block(
-                    "thinking", {"type": "thinking", "thinking": "", "signature": ""}
-                )
+                out += self._open_block("thinking", dict(_THINKING_START))
                 out += self._delta({"type": "thinking_delta", "thinking": reasoning})
             for block in delta.get(THINKING_BLOCKS) or ():
                 if isinstance(block, dict):
@@ -180,9 +178,7 @@ class MessageEncoder:
         out = b""
         if self._open != "thinking":
             # Its text did not stream as reasoning deltas: send the block whole.
-            out = self._open_block(
-                "thinking", {"type": "thinking", "thinking": "", "signature": ""}
-            )
+            out = self._open_block("thinking", dict(_THINKING_START))
             if block.get("thinking"):
                 out += self._delta({"type": "thinking_delta", "thinking": block["thinking"]})
         if block.get("signature"):
