@@ -345,8 +345,11 @@ def test_v1_key_shows_the_keys_limits_and_credits(
         "credits": 2.5,
         "credits_used": 0.0,
         "credits_remaining": 2.5,
+        "credits_reserved": 0.0,
         "rpm": 30,
         "tpm": 10_000,
+        "daily_tokens": None,
+        "tokens_today": 0,
         "models": ["mock/*", "emu/gpt"],
         "expires_at": expires,
     }

@@ -89,6 +89,35 @@ class FakeStore:
         self._check_up()
         return self.rows.get(row_id)
 
+    async def ledger_ids(self, row_ids: Sequence[str]) -> set[str]:
+        self._check_up()
+        return {row_id for row_id in row_ids if row_id in self.rows}
+
+
+class SpendLog:
+    """A ledger listener that hands ``on_commit`` the spend per key of each committed write."""
+
+    def __init__(self, on_commit: Callable[[dict[str, int]], None]) -> None:
+        self.on_commit = on_commit
+        self.rejected_ids: list[str] = []
+
+    def write_started(self) -> None:
+        pass
+
+    def write_ended(self) -> None:
+        pass
+
+    def committed(self, rows: list[LedgerRow], settled_here: bool) -> None:
+        spend: dict[str, int] = {}
+        for r in rows:
+            if r.cost_nanos:
+                spend[r.key_id] = spend.get(r.key_id, 0) + r.cost_nanos
+        if spend:
+            self.on_commit(spend)
+
+    def rejected(self, rows: list[LedgerRow], settled_here: bool) -> None:
+        self.rejected_ids.extend(r.id for r in rows)
+
 
 def config(tmp_path: Path, **overrides: Any) -> LedgerConfig:
     values: dict[str, Any] = {
@@ -106,7 +135,8 @@ def writer_for(
     settings: LedgerConfig,
     on_commit: Callable[[dict[str, int]], None] | None = None,
 ) -> LedgerWriter:
-    return LedgerWriter(cast(Store, store), settings, on_commit)
+    listener = None if on_commit is None else SpendLog(on_commit)
+    return LedgerWriter(cast(Store, store), settings, listener)
 
 
 async def eventually(condition: Callable[[], bool], within: float = 3.0) -> None:
@@ -532,7 +562,7 @@ async def test_the_writer_isolates_a_duplicate_against_the_sql_store(
     await sql_store.create_key(key("key_a"))
     await sql_store.write_ledger([row("r1", "key_a", 50)])
     committed: list[dict[str, int]] = []
-    writer = LedgerWriter(sql_store, config(tmp_path), committed.append)
+    writer = LedgerWriter(sql_store, config(tmp_path), SpendLog(committed.append))
     for r in (row("r0", "key_a", 10), row("r1", "key_a", 50), row("r2", "key_a", 20)):
         writer.record(r)
 
@@ -546,5 +576,6 @@ async def test_the_writer_isolates_a_duplicate_against_the_sql_store(
         "r1",
         "r2",
     }
-    assert sum(spend.get("key_a", 0) for spend in committed) == 30
+    # r1 was stored already (e.g. by a write whose answer was lost): it counts as committed too.
+    assert sum(spend.get("key_a", 0) for spend in committed) == 80
     assert not present(config(tmp_path).journal_path + ".rejected")

@@ -10,9 +10,10 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
+from llmrelay.accounting.credits import CreditBook
 from llmrelay.accounting.keys import KeyService
-from llmrelay.accounting.ledger import LedgerWriter
-from llmrelay.accounting.limits import LocalLimiter
+from llmrelay.accounting.ledger import DiscardingLedger, LedgerWriter
+from llmrelay.accounting.limits import create_limiter
 from llmrelay.accounting.store import SqlStore
 from llmrelay.api.admin import AdminSurface
 from llmrelay.api.anthropic import AnthropicSurface
@@ -58,8 +59,12 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = SqlStore(settings.database_url)
-        self.keys = KeyService(self.store, settings.key_cache_seconds)
-        self.ledger = LedgerWriter(self.store, settings.ledger, self.keys.ledger_committed)
+        book = CreditBook()
+        self.keys = KeyService(self.store, settings.key_cache_seconds, book)
+        # Without Redis, limits and credits live in this process; with it, in Redis (shared).
+        self.limiter = create_limiter(settings, book, self.store)
+        ledger_type = LedgerWriter if settings.accounting.enabled else DiscardingLedger
+        self.ledger = ledger_type(self.store, settings.ledger, self.limiter)
         self.catalogue = Catalogue(settings)
         self.client = UpstreamClient()
         self.providers: dict[str, Provider] = build_providers(settings, self.client)
@@ -69,7 +74,7 @@ class App:
             self.catalogue,
             self.providers,
             self.keys,
-            LocalLimiter(),
+            self.limiter,
             self.ledger,
             Router(settings.router, self.catalogue, None),
             self.store,
@@ -170,6 +175,7 @@ class App:
         await self.store.open()
         self.client.start()
         self.keys.start()
+        await self.limiter.start()
         self.ledger.start()
         self.observability.start()
         self.started = True
@@ -177,6 +183,7 @@ class App:
     async def shutdown(self) -> None:
         await self.gateway.wait_background()
         await self.ledger.close()
+        await self.limiter.close()  # after the ledger: a row it rejects refunds its cost
         await self.keys.stop()
         for provider in self.providers.values():
             await provider.close()

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -22,7 +22,7 @@ from llmrelay import __version__
 from llmrelay.accounting.keys import KeyService
 from llmrelay.accounting.pricing import nanos_to_usd, usd_to_nanos
 from llmrelay.accounting.store import SqlStore
-from llmrelay.api.admin import MAX_CREDITS_USD, key_view
+from llmrelay.api.admin import MAX_CREDITS_USD, MAX_DAILY_TOKENS, key_view
 from llmrelay.config import ConfigError, Settings, load_settings
 
 T = TypeVar("T")
@@ -195,6 +195,12 @@ def _parse_expiry(value: str | None) -> float | None:
 )
 @click.option("--rpm", type=click.IntRange(min=1), default=None)
 @click.option("--tpm", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--daily-tokens",
+    type=click.IntRange(min=1, max=MAX_DAILY_TOKENS),
+    default=None,
+    help="tokens per UTC day; omit for no quota",
+)
 @click.option("--models", default=None, help="comma-separated model ids or patterns (openai/*)")
 @click.option("--expires", default=None, help="Unix seconds or ISO date")
 @json_option
@@ -204,6 +210,7 @@ def keys_create(
     credits: float | None,
     rpm: int | None,
     tpm: int | None,
+    daily_tokens: int | None,
     models: str | None,
     expires: str | None,
     as_json: bool,
@@ -219,6 +226,7 @@ def keys_create(
             credits_nanos=None if credits is None else usd_to_nanos(credits),
             rpm=rpm,
             tpm=tpm,
+            daily_tokens=daily_tokens,
             models=model_list,
             expires_at=expires_at,
         )
@@ -243,7 +251,8 @@ def keys_list(config_path: Path | None, as_json: bool) -> None:
         _print_json(views)
         return
     table = Table(title="API keys")
-    for column in ("id", "name", "prefix", "credits", "used", "rpm", "tpm", "models", "status"):
+    columns = ("id", "name", "prefix", "credits", "used", "rpm", "tpm", "daily", "models", "status")
+    for column in columns:
         table.add_column(column)
     now = time.time()
     for view, record in zip(views, records, strict=True):
@@ -264,6 +273,7 @@ def keys_list(config_path: Path | None, as_json: bool) -> None:
             f"${view['credits_used']:.6f}",
             str(view["rpm"] or "-"),
             str(view["tpm"] or "-"),
+            str(view["daily_tokens"] or "-"),
             ",".join(view["models"]) or "*",
             status,
         )
@@ -330,17 +340,31 @@ def keys_top_up(config_path: Path | None, key_id: str, amount: float, as_json: b
 @main.command()
 @config_option
 @click.option("--key-id", default=None)
+@click.option("--model", default=None, help="only this (resolved) catalogue id")
+@click.option("--provider", default=None, help="only this provider")
 @click.option("--since", default=None, help="Unix seconds or ISO date")
+@click.option("--until", default=None, help="Unix seconds or ISO date (exclusive)")
 @click.option("--group-by", type=click.Choice(["key", "model", "provider", "day"]), default="model")
 @json_option
 def usage(
-    config_path: Path | None, key_id: str | None, since: str | None, group_by: str, as_json: bool
+    config_path: Path | None,
+    key_id: str | None,
+    model: str | None,
+    provider: str | None,
+    since: str | None,
+    until: str | None,
+    group_by: str,
+    as_json: bool,
 ) -> None:
-    """Usage totals from the ledger."""
+    """Usage totals from the ledger, grouped by key, model, provider or (UTC) day."""
     settings = _settings(config_path)
     since_ts = _parse_expiry(since)
+    until_ts = _parse_expiry(until)
     groups = _run_with_store(
-        settings, lambda store: store.usage_totals(key_id, since_ts, None, group_by)
+        settings,
+        lambda store: store.usage_totals(
+            key_id, since_ts, until_ts, group_by, model=model, provider=provider
+        ),
     )
     if as_json:
         _print_json(
@@ -353,13 +377,21 @@ def usage(
             ]
         )
         return
-    table = Table(title=f"Usage by {group_by}")
-    for column in (group_by, "requests", "prompt tokens", "completion tokens", "cost (USD)"):
-        table.add_column(column, justify="right" if column != group_by else "left")
+    table = Table(title=f"Usage by {group_by}", show_footer=bool(groups))
+    totals = (
+        "total",
+        str(sum(g["requests"] for g in groups)),
+        str(sum(g["prompt_tokens"] for g in groups)),
+        str(sum(g["completion_tokens"] for g in groups)),
+        f"{nanos_to_usd(sum(g['cost_nanos'] for g in groups)):.6f}",
+    )
+    headers = (group_by, "requests", "prompt tokens", "completion tokens", "cost (USD)")
+    for column, footer in zip(headers, totals, strict=True):
+        table.add_column(column, footer, justify="right" if column != group_by else "left")
     for g in groups:
         label = g["group"]
         if group_by == "day" and label is not None:
-            label = datetime.fromtimestamp(float(label)).date().isoformat()
+            label = datetime.fromtimestamp(float(label), UTC).date().isoformat()
         table.add_row(
             str(label),
             str(g["requests"]),

@@ -104,6 +104,22 @@ class LedgerConfig(_Frozen):
     journal_path: str = "./llmrelay-ledger.journal"
 
 
+class AccountingConfig(_Frozen):
+    """Credits, rate limits and quotas (docs/accounting.md)."""
+
+    enabled: bool = True
+    """False: no limits, credits or ledger rows (keys are still checked); for benchmarks."""
+    redis_failure_policy: Literal["open", "closed"] = "open"
+    """When Redis is unreachable: ``open`` enforces limits and credits in each instance alone
+    until it is back; ``closed`` answers 503 instead."""
+    redis_key_prefix: str = Field("llmrelay:", min_length=1, max_length=100)
+    default_max_tokens: int = Field(4096, ge=1)
+    """Output tokens a credit reservation assumes when neither the request nor the model sets
+    a maximum."""
+    reservation_seconds: float = Field(900.0, gt=0)
+    """How long a reservation may stay unsettled (a crashed instance's) before it lapses."""
+
+
 class Settings(_Frozen):
     database_url: str = "sqlite:///./llmrelay.db"
     redis_url: str | None = None
@@ -117,6 +133,7 @@ class Settings(_Frozen):
     router: RouterConfig = RouterConfig()
     fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     ledger: LedgerConfig = LedgerConfig()
+    accounting: AccountingConfig = AccountingConfig()
 
 
 def load_settings(
@@ -260,6 +277,10 @@ def check_references(settings: Settings) -> list[str]:
         or settings.database_url.startswith(("postgresql://", "postgres://"))
     ):
         problems.append("database_url: use sqlite:///PATH or postgresql://...")
+    if settings.redis_url is not None and not settings.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        problems.append("redis_url: use redis://host:port/db, rediss://... or unix://...")
     return problems
 
 

@@ -5,6 +5,10 @@ Authentication runs on every request, so it must not touch the database: keys ar
 the cached keys every ``key_cache_seconds`` so revocations and top-ups made elsewhere (the CLI,
 another instance) take effect within that time; when the database is down, cached keys keep
 working and an unknown key gets 503 rather than a wrong 401.
+
+Each cached key has its :class:`~llmrelay.accounting.credits.Account` in the process's
+:class:`~llmrelay.accounting.credits.CreditBook`; database reads of keys go through the book's
+consistency token, so a read that overlaps a ledger write never moves a credit figure.
 """
 
 from __future__ import annotations
@@ -14,32 +18,29 @@ import contextlib
 import fnmatch
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
+from llmrelay.accounting.credits import Account, CreditBook
 from llmrelay.accounting.records import KeyRecord, hash_secret, new_key_id, new_secret
 from llmrelay.accounting.store import Store
-from llmrelay.core.errors import (
-    AuthenticationFailed,
-    InsufficientCredits,
-    PermissionDenied,
-    ServiceUnavailable,
-)
+from llmrelay.core.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 
 log = logging.getLogger("llmrelay.keys")
 
 _NEGATIVE_TTL = 2.0
+_CONSISTENT_READ_ATTEMPTS = 3
 
 
 @dataclass(slots=True)
 class CachedKey:
     record: KeyRecord
-    local_spend_nanos: int = 0
-    """Spend settled in this process that the database does not show yet (ledger not flushed)."""
+    account: Account
 
     @property
     def credits_used_nanos(self) -> int:
-        return self.record.credits_used_nanos + self.local_spend_nanos
+        """Settled spend as this process knows it (the limiter's ``usage`` is the shared one)."""
+        return self.account.used
 
     @property
     def credits_remaining_nanos(self) -> int | None:
@@ -55,9 +56,12 @@ class NewKey:
 
 
 class KeyService:
-    def __init__(self, store: Store, refresh_seconds: float = 5.0) -> None:
+    def __init__(
+        self, store: Store, refresh_seconds: float = 5.0, book: CreditBook | None = None
+    ) -> None:
         self._store = store
         self._refresh_seconds = refresh_seconds
+        self.book = book or CreditBook()
         self._by_hash: dict[str, CachedKey] = {}
         self._by_id: dict[str, CachedKey] = {}
         self._unknown: dict[str, float] = {}
@@ -98,7 +102,13 @@ class KeyService:
         if self._unknown.get(key_hash, 0.0) > now:
             raise AuthenticationFailed("invalid API key")
         try:
-            record = await self._store.find_key(key_hash)
+            # A read that overlapped a ledger write may hold credits_used from either side of
+            # it: read again (a write takes milliseconds) so the account starts exact.
+            for _ in range(_CONSISTENT_READ_ATTEMPTS):
+                token = self.book.token()
+                record = await self._store.find_key(key_hash)
+                if record is None or self.book.consistent(token):
+                    break
         except Exception as exc:
             log.warning("key lookup failed: %s", exc.__class__.__name__)
             raise ServiceUnavailable(
@@ -109,15 +119,17 @@ class KeyService:
                 self._unknown.clear()
             self._unknown[key_hash] = now + _NEGATIVE_TTL
             raise AuthenticationFailed("invalid API key")
-        return self._remember(record)
+        return self._remember(record, token)
 
-    def _remember(self, record: KeyRecord) -> CachedKey:
+    def _remember(self, record: KeyRecord, token: int | None) -> CachedKey:
         cached = self._by_id.get(record.id)
         if cached is None:
-            cached = CachedKey(record)
+            # Another task may have opened the account meanwhile: the book keeps the first one.
+            cached = CachedKey(record, self.book.open(record))
             self._by_id[record.id] = cached
         else:
             cached.record = record
+        self.book.observe(record, token)
         self._by_hash[record.key_hash] = cached
         return cached
 
@@ -126,30 +138,6 @@ class KeyService:
         patterns = cached.record.models
         if patterns and not any(fnmatch.fnmatchcase(model_id, p) for p in patterns):
             raise PermissionDenied(f"this key may not use model {model_id!r}", param="model")
-
-    @staticmethod
-    def check_credits(cached: CachedKey) -> None:
-        remaining = cached.credits_remaining_nanos
-        if remaining is not None and remaining <= 0:
-            raise InsufficientCredits(
-                "this key has no credits left; an admin can add some with "
-                "'llmrelay keys top-up' or POST /admin/keys/{id}/credits"
-            )
-
-    def settle(self, key_id: str, cost_nanos: int) -> None:
-        cached = self._by_id.get(key_id)
-        if cached is not None:
-            cached.local_spend_nanos += cost_nanos
-
-    def ledger_committed(self, spend: dict[str, int]) -> None:
-        """The ledger wrote these costs to the database; move them from local to stored spend."""
-        for key_id, nanos in spend.items():
-            cached = self._by_id.get(key_id)
-            if cached is not None:
-                cached.local_spend_nanos -= nanos
-                cached.record = replace(
-                    cached.record, credits_used_nanos=cached.record.credits_used_nanos + nanos
-                )
 
     def cached(self, key_id: str) -> CachedKey | None:
         return self._by_id.get(key_id)
@@ -163,6 +151,7 @@ class KeyService:
         credits_nanos: int | None = None,
         rpm: int | None = None,
         tpm: int | None = None,
+        daily_tokens: int | None = None,
         models: tuple[str, ...] = (),
         expires_at: float | None = None,
         metadata: dict[str, Any] | None = None,
@@ -179,6 +168,7 @@ class KeyService:
             credits_nanos=credits_nanos,
             rpm=rpm,
             tpm=tpm,
+            daily_tokens=daily_tokens,
             models=models,
             expires_at=expires_at,
             created_at=time.time(),
@@ -189,15 +179,17 @@ class KeyService:
         return NewKey(record, secret)
 
     async def revoke(self, key_id: str) -> KeyRecord | None:
+        token = self.book.token()
         record = await self._store.revoke_key(key_id)
         if record is not None and record.id in self._by_id:
-            self._remember(record)
+            self._remember(record, token)
         return record
 
     async def add_credits(self, key_id: str, nanos: int) -> KeyRecord | None:
+        token = self.book.token()
         record = await self._store.add_credits(key_id, nanos)
         if record is not None and record.id in self._by_id:
-            self._remember(record)
+            self._remember(record, token)
         return record
 
     async def ensure_admin(self, secret: str | None) -> NewKey | None:
@@ -209,10 +201,13 @@ class KeyService:
     # -- refresh ------------------------------------------------------------------------------
 
     async def refresh(self) -> None:
+        """Re-read every cached key: revocations, limits and credits changed elsewhere, and the
+        spend other processes stored (adopted only from reads no ledger write overlapped)."""
         ids = list(self._by_id)
         for start in range(0, len(ids), 500):
+            token = self.book.token()
             for record in await self._store.get_keys(ids[start : start + 500]):
-                self._remember(record)
+                self._remember(record, token)
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -1,11 +1,18 @@
 """The asynchronous ledger writer: requests hand it rows and never wait for the database.
 
 Rows are buffered in memory and written in batches (one transaction each, settling costs onto the
-keys). When the database is unreachable, rows stay buffered and the writer retries with backoff;
-past ``buffer_rows`` the oldest are spilled to an append-only journal file, replayed when the
-database is back (and at the next start). A row the database rejects is isolated so its neighbours
-are still written, and is kept in a dead-letter file next to the journal. ``close()`` flushes
-everything, journaling what it cannot write, so a SIGTERM loses no row.
+keys). When the database is unreachable, rows stay buffered and the writer retries with a backoff
+that new rows do not cut short; past ``buffer_rows`` the oldest are spilled to an append-only
+journal file, which is replayed as soon as the database answers again (with or without new
+traffic) and at the next start. A batch the database rejects is split: rows already in the
+database (a replay, a commit whose answer was lost) count as written, the others are written one
+by one, and each row refused on its own goes to a dead-letter file, so its neighbours are still
+written. ``close()`` flushes everything, journaling what it cannot write, so a SIGTERM loses no row.
+
+A :class:`LedgerListener` hears of every write, so credit figures held in memory move from
+"settled here, not stored yet" to "stored" in the same step that makes a row durable, and a row
+that is never stored is never counted. Rows replayed from a journal another process left are
+reported with ``settled_here=False``: this process never counted them.
 """
 
 from __future__ import annotations
@@ -14,12 +21,19 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
 import orjson
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from llmrelay.accounting.records import LedgerRow
 from llmrelay.accounting.store import Store
@@ -27,32 +41,83 @@ from llmrelay.config import LedgerConfig
 
 log = logging.getLogger("llmrelay.ledger")
 
-CommitListener = Callable[[dict[str, int]], None]
+_MAX_BACKOFF_SECONDS = 5.0
+_FIRST_BACKOFF_SECONDS = 0.2
 
 
-def _is_outage(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
+class LedgerListener(Protocol):
+    def write_started(self) -> None:
+        """A write to the database begins (reads of keys overlapping it are not trusted)."""
+
+    def write_ended(self) -> None: ...
+
+    def committed(self, rows: list[LedgerRow], settled_here: bool) -> None:
+        """These rows are in the database (with their costs in the keys' ``credits_used``)."""
+
+    def rejected(self, rows: list[LedgerRow], settled_here: bool) -> None:
+        """The database refused these rows; they went to the dead-letter file."""
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a database error means "unreachable, try again" rather than "this row is bad"."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout):
         return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        # asyncpg's own connection errors, and the server shutting down or starting up (57P01,
+        # 57P03), arrive as the generic DBAPIError.
+        original = exc.orig
+        name = type(original).__name__ if original is not None else ""
+        if isinstance(original, OSError | TimeoutError | ConnectionError):
+            return True
+        return name in _OUTAGE_ERROR_NAMES or "ConnectionDoesNotExist" in name
+    return False
+
+
+_OUTAGE_ERROR_NAMES = frozenset(
+    {
+        "AdminShutdownError",
+        "CannotConnectNowError",
+        "ConnectionFailureError",
+        "ConnectionRejectionError",
+        "CrashShutdownError",
+        "InterfaceError",
+        "InternalClientError",
+        "TooManyConnectionsError",
+        "ConnectionDoesNotExistError",
+        "PostgresConnectionError",
+    }
+)
 
 
 class LedgerWriter:
     def __init__(
-        self, store: Store, config: LedgerConfig, on_commit: CommitListener | None = None
+        self, store: Store, config: LedgerConfig, listener: LedgerListener | None = None
     ) -> None:
         self._store = store
         self._config = config
-        self._on_commit = on_commit
+        self._listener = listener
         self._buffer: list[LedgerRow] = []
+        self._lock = asyncio.Lock()
+        # One event wakes the loop, the flags say why (no helper tasks: the loop is one task).
         self._wake = asyncio.Event()
+        self._overflow = False
+        self._stopping = False  # read through _stopped(): it changes across awaits
         self._task: asyncio.Task[None] | None = None
         self._journal = Path(config.journal_path)
         self._replaying = self._journal.with_name(self._journal.name + ".replaying")
         self._dead_letter = self._journal.with_name(self._journal.name + ".rejected")
+        self._inherited = False
+        """Whether ``.replaying`` holds rows of an earlier process (never counted by this one)."""
+        self._replayed: set[str] = set()
+        """Ids of ``.replaying`` done with, so a replay resumed in this process skips them."""
         self._backoff = 0.0
-        self._isolated = 0
         self.written = 0
         self.failures = 0
+        self.rejected = 0
 
     @property
     def pending(self) -> int:
@@ -61,18 +126,30 @@ class LedgerWriter:
     def record(self, row: LedgerRow) -> None:
         """Queue one row. Never blocks, never raises."""
         self._buffer.append(row)
-        if len(self._buffer) >= self._config.batch_size:
+        size = len(self._buffer)
+        batch = self._config.batch_size
+        if size % batch == 0:
+            self._wake.set()  # a full batch is waiting (once per batch, not once per row)
+        excess = size - self._config.buffer_rows
+        if excess > 0 and excess % batch == 0:
+            self._overflow = True
             self._wake.set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="llmrelay-ledger")
 
     async def close(self) -> None:
         """Stop, then write everything still buffered; journal what the database refuses."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # The loop stops between writes; one under way finishes (or times out) first.
+            try:
+                await asyncio.wait_for(self._task, timeout=60)
+            except TimeoutError:
+                log.error("ledger writer did not stop in time")
             self._task = None
         # Each successful flush writes one batch: keep going while the database answers, and
         # give up (to the journal) only after three failed attempts.
@@ -93,108 +170,238 @@ class LedgerWriter:
             if not await self._flush_once():
                 return
 
+    # -- the background loop ------------------------------------------------------------------
+
     async def _run(self) -> None:
-        await self._replay_journal()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._config.flush_interval_seconds + self._backoff):
-                    await self._wake.wait()
-            self._wake.clear()
-            if self._buffer:
-                if await self._flush_once():
-                    self._backoff = 0.0
-                    if len(self._buffer) >= self._config.batch_size:
-                        self._wake.set()  # a backlog: write the next batch without waiting
-                    if self._journal.exists() or self._replaying.exists():
-                        await self._replay_journal()
-                else:
-                    self._backoff = min(5.0, self._backoff * 2 or 0.2)
-                    if len(self._buffer) > self._config.buffer_rows:
-                        await self._spill(len(self._buffer) - self._config.buffer_rows)
+        await self._adopt_journals()
+        while not self._stopped():
+            if self._backoff:
+                await self._back_off(self._backoff)
+            else:
+                await self._pause(self._config.flush_interval_seconds)
+            if self._stopped():
+                return
+            if await self._write_all():
+                self._backoff = 0.0
+            else:
+                self._backoff = min(
+                    _MAX_BACKOFF_SECONDS, self._backoff * 2 or _FIRST_BACKOFF_SECONDS
+                )
+                await self._spill_excess()
+
+    async def _back_off(self, seconds: float) -> None:
+        """Wait before retrying an outage. New rows do not cut this short (that would become a
+        retry per request); a buffer past ``buffer_rows`` is spilled meanwhile, and close()
+        ends it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self._stopped():
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            await self._pause(left)
+            if self._overflow:
+                self._overflow = False
+                await self._spill_excess()
+
+    def _stopped(self) -> bool:
+        return self._stopping
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` or until woken."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def _write_all(self) -> bool:
+        """Write the buffer, then any journal; False when the database is unreachable."""
+        while self._buffer and not self._stopped():
+            if not await self._flush_once():
+                return False
+        if self._stopped():
+            return True
+        if self._journal.exists() or self._replaying.exists():
+            async with self._lock:
+                return await self._replay_journal()
+        return True
+
+    # -- writing ------------------------------------------------------------------------------
 
     async def _flush_once(self) -> bool:
         """Write one batch; False when the database is unreachable (rows stay buffered)."""
-        batch = self._buffer[: self._config.batch_size]
+        async with self._lock:
+            batch = self._buffer[: self._config.batch_size]
+            if not batch:
+                return True
+            left = await self._write(batch, settled_here=True)
+            self._buffer[: len(batch)] = left
+            return not left
+
+    async def _write(self, batch: list[LedgerRow], settled_here: bool) -> list[LedgerRow]:
+        """Write a batch, isolating bad rows; the rows still to write (after an outage)."""
         try:
-            await self._store.write_ledger(batch)
+            await self._attempt(batch, settled_here)
         except Exception as exc:
-            if _is_outage(exc):
+            if is_outage(exc):
                 self.failures += 1
                 log.warning("ledger write failed (%s); will retry", exc.__class__.__name__)
-                return False
-            return await self._isolate(batch)
-        del self._buffer[: len(batch)]
-        self._committed(batch)
-        return True
+                return batch
+            return await self._isolate(batch, settled_here)
+        return []
 
-    async def _isolate(self, batch: list[LedgerRow]) -> bool:
-        """A batch the database rejected: write its rows one by one, set the bad ones aside."""
-        done = await self._write_each(batch)
-        del self._buffer[: len(batch) if done else self._isolated]
-        return done
+    async def _attempt(self, rows: list[LedgerRow], settled_here: bool) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener.write_started()
+        try:
+            await self._store.write_ledger(rows)
+        finally:
+            if listener is not None:
+                listener.write_ended()
+        self.written += len(rows)
+        if listener is not None:
+            listener.committed(rows, settled_here)
 
-    async def _write_each(self, batch: list[LedgerRow]) -> bool:
-        """Row by row; False on an outage, with ``_isolated`` rows already handled."""
-        self._isolated = 0
-        for row in batch:
+    async def _isolate(self, batch: list[LedgerRow], settled_here: bool) -> list[LedgerRow]:
+        """A batch the database refused: set aside the rows it holds already, then try the
+        others together, then one by one; each row refused on its own is dead-lettered."""
+        try:
+            present = await self._store.ledger_ids([row.id for row in batch])
+        except Exception as exc:
+            if is_outage(exc):
+                return batch
+            present = set()
+        if present:
+            self._found_written([row for row in batch if row.id in present], settled_here)
+            batch = [row for row in batch if row.id not in present]
+            if not batch:
+                return []
             try:
-                await self._store.write_ledger([row])
+                await self._attempt(batch, settled_here)
             except Exception as exc:
-                if _is_outage(exc):
-                    return False
-                if isinstance(exc, IntegrityError) and await self._already_written(row):
-                    self._isolated += 1
-                    continue
-                self.failures += 1
-                log.error("ledger row %s rejected: %s", row.id, exc.__class__.__name__)
-                await asyncio.to_thread(_append, self._dead_letter, [row])
+                if is_outage(exc):
+                    return batch
             else:
-                self._committed([row])
-            self._isolated += 1
-        return True
+                return []
+        for index, row in enumerate(batch):
+            try:
+                await self._attempt([row], settled_here)
+            except Exception as exc:
+                if is_outage(exc):
+                    return batch[index:]
+                if isinstance(exc, IntegrityError) and await self._already_written(row):
+                    self._found_written([row], settled_here)
+                else:
+                    await self._reject(row, exc, settled_here)
+        return []
 
     async def _already_written(self, row: LedgerRow) -> bool:
         try:
-            return await self._store.get_ledger_row(row.id) is not None
+            return bool(await self._store.ledger_ids([row.id]))
         except Exception:
             return False
 
-    def _committed(self, rows: list[LedgerRow]) -> None:
+    def _found_written(self, rows: list[LedgerRow], settled_here: bool) -> None:
+        """Rows the database holds already. Ours were stored by a write whose answer was lost:
+        they are committed now. An earlier process's were stored before this one started, so
+        every figure this process read includes them already."""
         self.written += len(rows)
-        if self._on_commit is None:
-            return
-        spend: dict[str, int] = {}
-        for row in rows:
-            if row.cost_nanos:
-                spend[row.key_id] = spend.get(row.key_id, 0) + row.cost_nanos
-        if spend:
-            self._on_commit(spend)
+        if settled_here and self._listener is not None:
+            self._listener.committed(rows, settled_here)
+
+    async def _reject(self, row: LedgerRow, exc: Exception, settled_here: bool) -> None:
+        self.failures += 1
+        self.rejected += 1
+        log.error(
+            "ledger row %s rejected by the database (%s): kept in %s",
+            row.id,
+            exc.__class__.__name__,
+            self._dead_letter,
+        )
+        await asyncio.to_thread(_append, self._dead_letter, [row])
+        if self._listener is not None:
+            self._listener.rejected([row], settled_here)
+
+    # -- the journal --------------------------------------------------------------------------
+
+    async def _spill_excess(self) -> None:
+        async with self._lock:
+            excess = len(self._buffer) - self._config.buffer_rows
+            if excess > 0:
+                await self._spill(excess)
 
     async def _spill(self, count: int) -> None:
         rows = self._buffer[:count]
         await asyncio.to_thread(_append, self._journal, rows)
         del self._buffer[:count]
 
-    async def _replay_journal(self) -> None:
-        """Write journaled rows straight to the database; the file goes only once all are in."""
-        if not self._journal.exists() and not self._replaying.exists():
-            return
-        if not self._replaying.exists():
-            await asyncio.to_thread(os.replace, self._journal, self._replaying)
-        rows = await asyncio.to_thread(_read, self._replaying)
-        log.info("replaying %d journaled ledger rows", len(rows))
-        for start in range(0, len(rows), self._config.batch_size):
-            batch = rows[start : start + self._config.batch_size]
-            try:
-                await self._store.write_ledger(batch)
-            except Exception as exc:
-                if _is_outage(exc):
-                    return  # the file stays; the next successful flush replays it again
-                if not await self._write_each(batch):
-                    return
-            else:
-                self._committed(batch)
-        await asyncio.to_thread(self._replaying.unlink)
+    async def _adopt_journals(self) -> None:
+        """Take over the journals an earlier process left: they go to ``.replaying`` first, so
+        this process's own spills (to the journal) never mix with rows it did not count."""
+        self._inherited = await asyncio.to_thread(_adopt, self._journal, self._replaying)
+        if self._inherited:
+            async with self._lock:
+                if not await self._replay_journal():
+                    self._backoff = _FIRST_BACKOFF_SECONDS
+
+    async def _replay_journal(self) -> bool:
+        """Write journaled rows to the database; each file goes once all its rows are in."""
+        while not self._stopped():
+            if not self._replaying.exists():
+                if not self._journal.exists():
+                    return True
+                await asyncio.to_thread(os.replace, self._journal, self._replaying)
+                self._inherited = False
+                self._replayed = set()
+            settled_here = not self._inherited
+            log.info("replaying journaled ledger rows from %s", self._replaying)
+            offset = 0
+            while True:
+                chunk = await asyncio.to_thread(
+                    _read_rows, self._replaying, offset, _REPLAY_CHUNK_LINES
+                )
+                if chunk is None:
+                    break
+                offset, rows = chunk
+                rows = [row for row in rows if row.id not in self._replayed]
+                for start in range(0, len(rows), self._config.batch_size):
+                    batch = rows[start : start + self._config.batch_size]
+                    left = await self._write(batch, settled_here)
+                    left_ids = {row.id for row in left}
+                    self._replayed.update(row.id for row in batch if row.id not in left_ids)
+                    if left:
+                        return False  # the file stays; the replay resumes when the database is back
+            await asyncio.to_thread(self._replaying.unlink)
+            self._inherited = False
+            self._replayed = set()
+        return True
+
+
+_REPLAY_CHUNK_LINES = 20_000
+
+
+class DiscardingLedger(LedgerWriter):
+    """Accounting off (``accounting.enabled: false``): rows are not kept."""
+
+    def record(self, row: LedgerRow) -> None:
+        return None
+
+    def start(self) -> None:
+        return None
+
+
+def _adopt(journal: Path, replaying: Path) -> bool:
+    if journal.exists():
+        if replaying.exists():
+            with journal.open("rb") as source, replaying.open("ab") as target:
+                target.write(source.read())
+                target.flush()
+                os.fsync(target.fileno())
+            journal.unlink()
+        else:
+            os.replace(journal, replaying)
+    return replaying.exists()
 
 
 def _append(path: Path, rows: list[LedgerRow]) -> None:
@@ -204,11 +411,21 @@ def _append(path: Path, rows: list[LedgerRow]) -> None:
         os.fsync(journal.fileno())
 
 
-def _read(path: Path) -> list[LedgerRow]:
+def _read_rows(path: Path, offset: int, lines: int) -> tuple[int, list[LedgerRow]] | None:
+    """Up to ``lines`` lines of the journal from byte ``offset``: the next offset and the rows;
+    None at the end. A line that is not a row (a write torn by a crash) is skipped."""
     rows: list[LedgerRow] = []
     with path.open("rb") as journal:
-        for line in journal:
-            if line.strip():
-                with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-                    rows.append(LedgerRow(**orjson.loads(line)))
-    return rows
+        journal.seek(offset)
+        for _ in range(lines):
+            line = journal.readline()
+            if not line:
+                break
+            if not line.strip():
+                continue
+            try:
+                rows.append(LedgerRow(**orjson.loads(line)))
+            except (orjson.JSONDecodeError, TypeError):
+                log.warning("skipping an unreadable line of %s", path)
+        end = journal.tell()
+    return None if end == offset else (end, rows)

@@ -1,77 +1,167 @@
-"""Per-key requests-per-minute and tokens-per-minute, exact within one process.
+"""The limiter contract: requests and tokens per minute, tokens per day, and credit reservations.
 
-Sliding 60-second windows: a request is admitted when fewer than ``rpm`` requests and fewer than
-``tpm`` tokens were recorded for its key in the last 60 seconds. Tokens are recorded when a request
-settles (its real usage). Limits shared across instances need Redis (see docs/accounting.md).
+Before a request is forwarded the pipeline asks the limiter to ``admit`` it. In this order, the
+key's own 429s come first (``rpm``, ``tpm``, then the daily token quota), then its credits (402);
+an admitted request holds a :class:`Ticket` with the credit it reserved. When it finishes, the
+pipeline hands the ticket back to ``settle`` with the real cost and tokens: the reservation is
+released and the spend and tokens are counted. ``settle`` never blocks and never raises.
+
+Two implementations share this contract (``tests/test_limiter_contract.py`` runs one suite over
+both): ``limits_local.LocalLimiter`` keeps everything in the process (exact within it) and
+``limits_redis.RedisLimiter`` keeps it in Redis, where each step is one Lua script, so every
+instance shares the same windows, quotas and reservations. ``NullLimiter`` is accounting turned
+off (``accounting.enabled: false``).
+
+Windows are sliding 60 seconds; the daily quota counts tokens per UTC day. Tokens count when a
+request settles (its real usage): the request that crosses ``tpm`` or the quota is served in full
+and the next ones wait. A request refused by a limit does not count against it; one that passed
+the limits and was then refused for credits does.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from llmrelay.accounting.records import KeyRecord
+from llmrelay.accounting.credits import CreditBook
+from llmrelay.accounting.records import KeyRecord, LedgerRow
 from llmrelay.core.errors import RateLimited
 
+if TYPE_CHECKING:
+    from llmrelay.accounting.keys import CachedKey
+    from llmrelay.accounting.store import Store
+    from llmrelay.config import Settings
+
 WINDOW_SECONDS = 60.0
+DAY_SECONDS = 86_400
 
 
-class _Window:
-    __slots__ = ("requests", "token_total", "tokens")
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """An admitted request: what it reserved, and where (to settle it in the same place)."""
 
-    def __init__(self) -> None:
-        self.requests: deque[float] = deque()
-        self.tokens: deque[tuple[float, int]] = deque()
-        self.token_total = 0
-
-    def trim(self, now: float) -> None:
-        horizon = now - WINDOW_SECONDS
-        while self.requests and self.requests[0] <= horizon:
-            self.requests.popleft()
-        while self.tokens and self.tokens[0][0] <= horizon:
-            self.token_total -= self.tokens.popleft()[1]
+    key_id: str
+    request_id: str
+    reserved: int
+    via: Literal["local", "redis", "none"]
+    tpm: bool = False
+    """Whether the key had a tokens-per-minute limit when admitted (its tokens go to the window)."""
 
 
-class LocalLimiter:
-    def __init__(self) -> None:
-        self._windows: dict[str, _Window] = {}
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    """A key's figures as the limiter sees them (``GET /v1/key``, ``GET /admin/keys``)."""
 
-    def admit(self, key: KeyRecord) -> None:
-        """Count one request against the key's limits, or raise 429 with ``Retry-After``."""
-        if key.rpm is None and key.tpm is None:
-            return
-        now = time.monotonic()
-        window = self._windows.get(key.id)
-        if window is None:
-            window = self._windows[key.id] = _Window()
-        window.trim(now)
-        if key.rpm is not None and len(window.requests) >= key.rpm:
-            retry = window.requests[len(window.requests) - key.rpm] + WINDOW_SECONDS - now
-            raise RateLimited(
-                f"this key's limit of {key.rpm} requests per minute is reached", retry_after=retry
-            )
-        if key.tpm is not None and window.token_total >= key.tpm:
-            retry = _tokens_free_at(window, key.tpm) - now
-            raise RateLimited(
-                f"this key's limit of {key.tpm} tokens per minute is reached", retry_after=retry
-            )
-        window.requests.append(now)
-
-    def record_tokens(self, key: KeyRecord, tokens: int) -> None:
-        if key.tpm is None or tokens <= 0:
-            return
-        window = self._windows.get(key.id)
-        if window is None:
-            window = self._windows[key.id] = _Window()
-        window.tokens.append((time.monotonic(), tokens))
-        window.token_total += tokens
+    credits_used: int
+    credits_reserved: int
+    tokens_today: int | None
+    """None when the day's count is not known here (no daily quota, or the database is down)."""
 
 
-def _tokens_free_at(window: _Window, limit: int) -> float:
-    """When enough old entries have aged out for the total to fall under the limit."""
-    total = window.token_total
-    for at, tokens in window.tokens:
-        total -= tokens
-        if total < limit:
-            return at + WINDOW_SECONDS
-    return time.monotonic()
+class Limiter(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def admit(self, key: CachedKey, request_id: str, estimate: int) -> Ticket:
+        """Count the request and reserve ``estimate`` nano-dollars, or raise 429/402 (or 503)."""
+
+    def settle(
+        self, key: CachedKey, ticket: Ticket | None, cost: int, tokens: int, request_id: str
+    ) -> None:
+        """The request finished (``ticket`` is None when it was never admitted)."""
+
+    async def usage(self, key: CachedKey) -> KeyUsage: ...
+
+    async def spend(self, records: list[KeyRecord]) -> dict[str, int]:
+        """Settled spend of each key, for listings."""
+
+    # The ledger writer's listener (accounting.ledger.LedgerListener).
+    def write_started(self) -> None: ...
+    def write_ended(self) -> None: ...
+    def committed(self, rows: list[LedgerRow], settled_here: bool) -> None: ...
+    def rejected(self, rows: list[LedgerRow], settled_here: bool) -> None: ...
+
+
+def utc_day(now: float | None = None) -> tuple[str, float]:
+    """Today's UTC date as ``YYYYMMDD`` and the Unix time it began."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start.strftime("%Y%m%d"), start.timestamp()
+
+
+def rpm_exceeded(record: KeyRecord, retry_after: float) -> RateLimited:
+    return RateLimited(
+        f"this key's limit of {record.rpm} requests per minute is reached",
+        retry_after=max(retry_after, 0.001),
+    )
+
+
+def tpm_exceeded(record: KeyRecord, retry_after: float) -> RateLimited:
+    return RateLimited(
+        f"this key's limit of {record.tpm} tokens per minute is reached",
+        retry_after=max(retry_after, 0.001),
+    )
+
+
+def quota_exceeded(record: KeyRecord, now: float | None = None) -> RateLimited:
+    _, start = utc_day(now)
+    now = time.time() if now is None else now
+    return RateLimited(
+        f"this key's daily quota of {record.daily_tokens} tokens is used up until 00:00 UTC",
+        retry_after=max(start + DAY_SECONDS - now, 1.0),
+    )
+
+
+class NullLimiter:
+    """Accounting off: every request is admitted, nothing is counted."""
+
+    def __init__(self, book: CreditBook) -> None:
+        self._book = book
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def admit(self, key: CachedKey, request_id: str, estimate: int) -> Ticket:
+        return Ticket(key.record.id, request_id, 0, "none")
+
+    def settle(
+        self, key: CachedKey, ticket: Ticket | None, cost: int, tokens: int, request_id: str
+    ) -> None:
+        return None
+
+    async def usage(self, key: CachedKey) -> KeyUsage:
+        return KeyUsage(key.account.used, 0, None)
+
+    async def spend(self, records: list[KeyRecord]) -> dict[str, int]:
+        return {record.id: record.credits_used_nanos for record in records}
+
+    def write_started(self) -> None:
+        self._book.write_started()
+
+    def write_ended(self) -> None:
+        self._book.write_ended()
+
+    def committed(self, rows: list[LedgerRow], settled_here: bool) -> None:
+        self._book.committed(rows, settled_here)
+
+    def rejected(self, rows: list[LedgerRow], settled_here: bool) -> None:
+        self._book.rejected(rows, settled_here)
+
+
+def create_limiter(settings: Settings, book: CreditBook, store: Store) -> Limiter:
+    """The limiter the settings ask for: none, in-process, or shared through Redis."""
+    from llmrelay.accounting.limits_local import LocalLimiter
+
+    if not settings.accounting.enabled:
+        return NullLimiter(book)
+    local = LocalLimiter(book, store)
+    if settings.redis_url is None:
+        return local
+    from llmrelay.accounting.limits_redis import RedisLimiter
+
+    return RedisLimiter(settings.redis_url, settings.accounting, book, store, local)

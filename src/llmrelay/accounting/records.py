@@ -36,6 +36,7 @@ class KeyRecord:
     credits_used_nanos: int = 0
     rpm: int | None = None
     tpm: int | None = None
+    daily_tokens: int | None = None
     models: tuple[str, ...] = ()
     expires_at: float | None = None
     revoked_at: float | None = None

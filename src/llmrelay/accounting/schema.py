@@ -29,6 +29,7 @@ api_keys = Table(
     Column("credits_used_nanos", BigInteger, nullable=False, default=0),
     Column("rpm", Integer, nullable=True),
     Column("tpm", Integer, nullable=True),
+    Column("daily_tokens", BigInteger, nullable=True),
     Column("models", JSON, nullable=False),
     Column("expires_at", Float, nullable=True),
     Column("revoked_at", Float, nullable=True),

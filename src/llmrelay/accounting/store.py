@@ -33,11 +33,27 @@ class Store(Protocol):
     async def add_credits(self, key_id: str, nanos: int) -> KeyRecord | None: ...
     async def write_ledger(self, rows: Sequence[LedgerRow]) -> None: ...
     async def get_ledger_row(self, row_id: str) -> LedgerRow | None: ...
+    async def ledger_ids(self, row_ids: Sequence[str]) -> set[str]: ...
+    async def tokens_since(self, key_id: str, since: float) -> int: ...
     async def ledger_rows(
-        self, key_id: str | None, since: float | None, until: float | None, limit: int
+        self,
+        key_id: str | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        *,
+        model: str | None = None,
+        provider: str | None = None,
     ) -> list[LedgerRow]: ...
     async def usage_totals(
-        self, key_id: str | None, since: float | None, until: float | None, group_by: str
+        self,
+        key_id: str | None,
+        since: float | None,
+        until: float | None,
+        group_by: str,
+        *,
+        model: str | None = None,
+        provider: str | None = None,
     ) -> list[dict[str, Any]]: ...
     async def ledger_search(
         self,
@@ -75,7 +91,13 @@ class SqlStore:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self._sqlite = database_url.startswith("sqlite")
-        self.engine: AsyncEngine = create_async_engine(async_url(database_url), pool_pre_ping=True)
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if not self._sqlite:
+            # A database that stops answering must fail a call (the ledger then buffers and
+            # retries), not hang it: bounded connect and statement times.
+            options["connect_args"] = {"timeout": 5, "command_timeout": 30}
+            options["pool_timeout"] = 10
+        self.engine: AsyncEngine = create_async_engine(async_url(database_url), **options)
         if self._sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 
@@ -159,7 +181,8 @@ class SqlStore:
                 spend[row.key_id] = spend.get(row.key_id, 0) + row.cost_nanos
         async with self.engine.begin() as conn:
             await conn.execute(ledger.insert(), [asdict(row) for row in rows])
-            for key_id, nanos in spend.items():
+            # Always in the same order, so two instances settling the same keys cannot deadlock.
+            for key_id, nanos in sorted(spend.items()):
                 await conn.execute(
                     update(api_keys)
                     .where(api_keys.c.id == key_id)
@@ -171,17 +194,46 @@ class SqlStore:
             row = (await conn.execute(select(ledger).where(ledger.c.id == row_id))).first()
         return LedgerRow(**row._asdict()) if row else None
 
+    async def ledger_ids(self, row_ids: Sequence[str]) -> set[str]:
+        """Which of these ids the ledger holds already."""
+        if not row_ids:
+            return set()
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(select(ledger.c.id).where(ledger.c.id.in_(row_ids)))).all()
+        return {row.id for row in found}
+
+    async def tokens_since(self, key_id: str, since: float) -> int:
+        """Prompt plus completion tokens of the key's rows created at or after ``since``."""
+        total = func.coalesce(func.sum(ledger.c.prompt_tokens + ledger.c.completion_tokens), 0)
+        query = select(total).where(*_ledger_filters(key_id, since, None))
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
     async def ledger_rows(
-        self, key_id: str | None, since: float | None, until: float | None, limit: int
+        self,
+        key_id: str | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        *,
+        model: str | None = None,
+        provider: str | None = None,
     ) -> list[LedgerRow]:
         query = select(ledger).order_by(ledger.c.created.desc()).limit(limit)
-        query = query.where(*_ledger_filters(key_id, since, until))
+        query = query.where(*_ledger_filters(key_id, since, until, model, provider))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [LedgerRow(**row._asdict()) for row in rows]
 
     async def usage_totals(
-        self, key_id: str | None, since: float | None, until: float | None, group_by: str
+        self,
+        key_id: str | None,
+        since: float | None,
+        until: float | None,
+        group_by: str,
+        *,
+        model: str | None = None,
+        provider: str | None = None,
     ) -> list[dict[str, Any]]:
         column = {
             "key": ledger.c.key_id,
@@ -197,7 +249,7 @@ class SqlStore:
                 func.sum(ledger.c.completion_tokens).label("completion_tokens"),
                 func.sum(ledger.c.cost_nanos).label("cost_nanos"),
             )
-            .where(*_ledger_filters(key_id, since, until))
+            .where(*_ledger_filters(key_id, since, until, model, provider))
             .group_by(column)
             .order_by(column)
         )
@@ -288,10 +340,20 @@ class SqlStore:
         return [(float(row.created), float(row.latency_ms)) for row in rows]
 
 
-def _ledger_filters(key_id: str | None, since: float | None, until: float | None) -> Iterable[Any]:
+def _ledger_filters(
+    key_id: str | None,
+    since: float | None,
+    until: float | None,
+    model: str | None = None,
+    provider: str | None = None,
+) -> Iterable[Any]:
     filters = []
     if key_id is not None:
         filters.append(ledger.c.key_id == key_id)
+    if model is not None:
+        filters.append(ledger.c.model == model)
+    if provider is not None:
+        filters.append(ledger.c.provider == provider)
     if since is not None:
         filters.append(ledger.c.created >= since)
     if until is not None:

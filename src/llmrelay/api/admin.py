@@ -18,6 +18,7 @@ from llmrelay.core.validate import parse_json_object
 
 # Credits are stored as 64-bit integer nano-dollars; a billion USD keeps every sum far inside.
 MAX_CREDITS_USD = 1_000_000_000
+MAX_DAILY_TOKENS = 10**15
 
 
 class KeyCreate(BaseModel):
@@ -28,6 +29,7 @@ class KeyCreate(BaseModel):
     credits: float | None = Field(None, ge=0, le=MAX_CREDITS_USD, allow_inf_nan=False, strict=True)
     rpm: int | None = Field(None, ge=1, strict=True)
     tpm: int | None = Field(None, ge=1, strict=True)
+    daily_tokens: int | None = Field(None, ge=1, le=MAX_DAILY_TOKENS, strict=True)
     models: list[str] | None = None
     expires_at: float | None = Field(None, gt=0)
     metadata: dict[str, Any] | None = None
@@ -50,6 +52,7 @@ def key_view(record: KeyRecord, credits_used_nanos: int | None = None) -> dict[s
         "credits_used": nanos_to_usd(used),
         "rpm": record.rpm,
         "tpm": record.tpm,
+        "daily_tokens": record.daily_tokens,
         "models": list(record.models),
         "expires_at": record.expires_at,
         "revoked": record.revoked_at is not None,
@@ -112,6 +115,7 @@ class AdminSurface:
             credits_nanos=None if body.credits is None else usd_to_nanos(body.credits),
             rpm=body.rpm,
             tpm=body.tpm,
+            daily_tokens=body.daily_tokens,
             models=tuple(body.models or ()),
             expires_at=body.expires_at,
             metadata=body.metadata,
@@ -120,12 +124,8 @@ class AdminSurface:
 
     async def _list_keys(self, request: Request) -> tuple[int, Any]:
         records = await self.gateway.store.list_keys()
-        keys = self.gateway.keys
-        data = []
-        for record in records:
-            cached = keys.cached(record.id)
-            used = None if cached is None else cached.credits_used_nanos
-            data.append(key_view(record, used))
+        spend = await self.gateway.limiter.spend(records)
+        data = [key_view(record, spend.get(record.id)) for record in records]
         return 200, {"object": "list", "data": data}
 
     async def _revoke_key(self, request: Request) -> tuple[int, Any]:
@@ -157,11 +157,14 @@ class AdminSurface:
 
     async def _usage(self, request: Request) -> tuple[int, Any]:
         query = request.query
-        unknown = set(query) - {"key_id", "since", "until", "group_by", "limit", "key"}
+        allowed = {"key_id", "model", "provider", "since", "until", "group_by", "limit", "key"}
+        unknown = set(query) - allowed
         if unknown:
             name = sorted(unknown)[0]
             raise InvalidRequest(f"unknown query parameter {name!r}", param=name)
         key_id = query.get("key_id") or None
+        model = query.get("model") or None
+        provider = query.get("provider") or None
         since = _timestamp(query.get("since"), "since")
         until = _timestamp(query.get("until"), "until")
         group_by = query.get("group_by", "model")
@@ -172,8 +175,12 @@ class AdminSurface:
             raise InvalidRequest("'limit' is a whole number from 1 to 10000", param="limit")
         await self.gateway.ledger.flush()
         store = self.gateway.store
-        rows = await store.ledger_rows(key_id, since, until, int(limit_text))
-        groups = await store.usage_totals(key_id, since, until, group_by)
+        rows = await store.ledger_rows(
+            key_id, since, until, int(limit_text), model=model, provider=provider
+        )
+        groups = await store.usage_totals(
+            key_id, since, until, group_by, model=model, provider=provider
+        )
         totals = {
             "requests": sum(g["requests"] for g in groups),
             "prompt_tokens": sum(g["prompt_tokens"] for g in groups),
@@ -183,7 +190,13 @@ class AdminSurface:
         return 200, {
             "object": "usage",
             "generated_at": time.time(),
-            "filters": {"key_id": key_id, "since": since, "until": until},
+            "filters": {
+                "key_id": key_id,
+                "model": model,
+                "provider": provider,
+                "since": since,
+                "until": until,
+            },
             "totals": totals,
             "group_by": group_by,
             "groups": [

@@ -273,24 +273,28 @@ class OpenAISurface:
     async def key(self, request: Request, send: Send) -> None:
         try:
             cached = await self.gateway.authenticate(request.api_key())
+            usage = await self.gateway.limiter.usage(cached)
         except GatewayError as error:
             await send_openai_error(send, error)
             return
         record = cached.record
-        remaining = cached.credits_remaining_nanos
+        credits = record.credits_nanos
         await send_json(
             send,
             200,
             {
                 "id": record.id,
                 "name": record.name,
-                "credits": None
-                if record.credits_nanos is None
-                else nanos_to_usd(record.credits_nanos),
-                "credits_used": nanos_to_usd(cached.credits_used_nanos),
-                "credits_remaining": None if remaining is None else nanos_to_usd(remaining),
+                "credits": None if credits is None else nanos_to_usd(credits),
+                "credits_used": nanos_to_usd(usage.credits_used),
+                "credits_remaining": (
+                    None if credits is None else nanos_to_usd(credits - usage.credits_used)
+                ),
+                "credits_reserved": nanos_to_usd(usage.credits_reserved),
                 "rpm": record.rpm,
                 "tpm": record.tpm,
+                "daily_tokens": record.daily_tokens,
+                "tokens_today": usage.tokens_today,
                 "models": list(record.models),
                 "expires_at": record.expires_at,
             },
@@ -305,7 +309,8 @@ class OpenAISurface:
                     "'id' is required: GET /v1/generation?id=<request id>", param="id"
                 )
             row = await self.gateway.store.get_ledger_row(row_id)
-            if row is None or (row.key_id != cached.record.id and not cached.record.is_admin):
+            # Own requests only, the admin key's too (it reads others' through /admin/usage).
+            if row is None or row.key_id != cached.record.id:
                 raise NotFound(f"no generation {row_id!r} for this key (yet)", param="id")
         except GatewayError as error:
             await send_openai_error(send, error)

@@ -1,4 +1,4 @@
-"""The pipeline every surface runs: auth → limits → route → dispatch → meter.
+"""The pipeline every surface runs: auth → route → limits and credits → dispatch → meter.
 
 Surfaces own their wire format; this module owns everything else about a request, so the
 OpenAI, Anthropic and Gemini endpoints behave the same way in auth, limits, routing, retries,
@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from llmrelay.accounting.credits import reservation_estimate
 from llmrelay.accounting.keys import CachedKey, KeyService
 from llmrelay.accounting.ledger import LedgerWriter
-from llmrelay.accounting.limits import LocalLimiter
+from llmrelay.accounting.limits import Limiter, Ticket
 from llmrelay.accounting.records import LedgerRow
 from llmrelay.accounting.store import Store
 from llmrelay.config import Settings
@@ -69,7 +70,7 @@ class Gateway:
         catalogue: Catalogue,
         providers: dict[str, Provider],
         keys: KeyService,
-        limiter: LocalLimiter,
+        limiter: Limiter,
         ledger: LedgerWriter,
         router: Router,
         store: Store,
@@ -85,6 +86,7 @@ class Gateway:
         self.router = router
         self.observer = observer or Observer()
         self._background: set[asyncio.Task[None]] = set()
+        self._tickets: dict[str, Ticket] = {}
 
     # -- before the upstream call -------------------------------------------------------------
 
@@ -92,7 +94,12 @@ class Gateway:
         return await self.keys.authenticate(secret)
 
     def admit(self, exchange: Exchange, request: ChatRequest) -> None:
-        """Route the request and run the key's checks; raises the contract's 403/429/402."""
+        """Route the request and check the key may use the model (403).
+
+        The key's rate limits, quota (429) and credits (402) are checked by ``complete`` and
+        ``open_stream`` before anything goes upstream (``_charge``): with Redis they are a
+        network call, and this step must stay synchronous for the surfaces.
+        """
         self.observer.admitted(exchange)
         exchange.requested_model = request.model
         exchange.stream = request.stream
@@ -103,8 +110,19 @@ class Gateway:
         exchange.route_confidence = decision.confidence
         key = exchange.key
         KeyService.check_model(key, decision.model.id)
-        self.limiter.admit(key.record)
-        KeyService.check_credits(key)
+
+    async def _charge(self, exchange: Exchange, request: ChatRequest) -> None:
+        """Count the request against the key's limits and reserve its credits (429/402/503)."""
+        if exchange.id in self._tickets:
+            return
+        assert exchange.model is not None
+        estimate = reservation_estimate(
+            exchange.model.price,
+            request.messages,
+            request.max_output_tokens or exchange.model.max_output_tokens,
+            self.settings.accounting.default_max_tokens,
+        )
+        self._tickets[exchange.id] = await self.limiter.admit(exchange.key, exchange.id, estimate)
 
     def _attempt_models(self, exchange: Exchange) -> list[ModelEntry]:
         assert exchange.model is not None
@@ -123,6 +141,7 @@ class Gateway:
     # -- dispatch -----------------------------------------------------------------------------
 
     async def complete(self, exchange: Exchange, request: ChatRequest) -> Completion:
+        await self._charge(exchange, request)
         failures: list[tuple[str, UpstreamError]] = []
         for model in self._attempt_models(exchange):
             provider = self._provider(model)
@@ -171,6 +190,7 @@ class Gateway:
 
         Retries and fallbacks happen only here, before anything was sent to the client.
         """
+        await self._charge(exchange, request)
         opened = await self._open_stream(exchange, request)
         self.observer.stream_opened(exchange)
         return opened
@@ -341,9 +361,8 @@ class Gateway:
             surface=exchange.surface,
             route_confidence=exchange.route_confidence,
         )
-        if cost:
-            self.keys.settle(key.record.id, cost)
-        self.limiter.record_tokens(key.record, usage.total_tokens)
+        ticket = self._tickets.pop(exchange.id, None)
+        self.limiter.settle(key, ticket, cost, usage.total_tokens, exchange.id)
         self.ledger.record(row)
         self.observer.finished(exchange, row)
 
