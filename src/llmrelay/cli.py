@@ -89,9 +89,27 @@ def main() -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--log-level", default="info", show_default=True)
-def serve(config_path: Path | None, host: str, port: int, workers: int, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="LLMRELAY_LOG_FORMAT",
+    help="json: one object a line, with the request id (also LLMRELAY_LOG_FORMAT).",
+)
+def serve(
+    config_path: Path | None,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    log_format: str,
+) -> None:
     """Start the gateway."""
     import uvicorn
+
+    from llmrelay.observability.logging import uvicorn_log_config
+    from llmrelay.observability.metrics import multiprocess_directory
 
     settings = _settings(config_path)
 
@@ -108,6 +126,7 @@ def serve(config_path: Path | None, host: str, port: int, workers: int, log_leve
         "http": "httptools",
         "loop": "uvloop" if sys.platform != "win32" else "asyncio",
         "log_level": log_level,
+        "log_config": uvicorn_log_config(log_format, log_level),
         "access_log": False,
         "lifespan": "on",
         "backlog": 4096,
@@ -126,7 +145,11 @@ def serve(config_path: Path | None, host: str, port: int, workers: int, log_leve
     else:
         if config_path is not None:
             os.environ["LLMRELAY_CONFIG"] = str(config_path.resolve())
-        uvicorn.run("llmrelay.app:app_from_environment", factory=True, workers=workers, **common)
+        # Each worker keeps its own metrics; they are summed through a shared directory.
+        with multiprocess_directory(workers):
+            uvicorn.run(
+                "llmrelay.app:app_from_environment", factory=True, workers=workers, **common
+            )
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
