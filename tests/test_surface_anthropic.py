@@ -578,3 +578,84 @@ def test_count_tokens_without_a_provider_counter_is_404(client: anthropic.Anthro
     error = raised.value.body["error"]  # type: ignore[index]
     assert error["type"] == "not_found_error"
     assert "no exact token count" in error["message"]
+
+
+# -- the event state machine, fed canonical chunks directly -----------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from llmrelay.api.anthropic_stream import MessageEncoder  # noqa: E402
+from llmrelay.core.exchange import Exchange  # noqa: E402
+from llmrelay.core.types import Usage  # noqa: E402
+
+
+def _encoder(stops: list[str] | None = None) -> MessageEncoder:
+    exchange = Exchange(key=None, surface="anthropic")  # type: ignore[arg-type]
+    exchange.messages = USER
+    return MessageEncoder(exchange, stops or [])
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, **choice: Any) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish, **choice}]}
+
+
+_LEADING = st.one_of(
+    st.builds(lambda t: {"content": t}, st.text(min_size=1, max_size=3)),
+    st.builds(lambda t: {"reasoning_content": t}, st.text(min_size=1, max_size=3)),
+    st.just(
+        {"thinking_blocks": [{"index": 0, "type": "thinking", "thinking": "x", "signature": "s"}]}
+    ),
+    st.just({"thinking_blocks": [{"index": 0, "type": "redacted_thinking", "data": "r"}]}),
+    st.just({"extra_content": {"google": {"thought_signature": "g"}}}),
+    st.just({}),
+)
+
+
+def _tool_phase(fragments: list[list[str]]) -> list[dict[str, Any]]:
+    """Each call's first fragment names it, the rest only carry arguments, calls in order (as
+    every known upstream streams them)."""
+    deltas = []
+    for i, pieces in enumerate(fragments):
+        first = {"index": i, "id": f"call_{i}", "function": {"name": f"f{i}", "arguments": ""}}
+        deltas.append({"tool_calls": [first]})
+        deltas += [{"tool_calls": [{"index": i, "function": {"arguments": p}}]} for p in pieces]
+    return deltas
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_LEADING, max_size=8),
+    st.lists(st.lists(st.sampled_from(['{"a"', ": 1}", ""]), max_size=3), max_size=3),
+    st.sampled_from([None, "stop", "length", "tool_calls"]),
+)
+def test_any_chunk_sequence_gives_anthropics_grammar(
+    leading: list[dict[str, Any]], fragments: list[list[str]], finish: str | None
+) -> None:
+    encoder = _encoder()
+    deltas = leading + _tool_phase(fragments)
+    body = b"".join(encoder.encode(_chunk(delta)) for delta in deltas)
+    if finish is not None:
+        body += encoder.encode(_chunk({}, finish))
+    body += encoder.close(Usage(prompt_tokens=5, completion_tokens=3))
+    stream = events(body)
+    blocks = check_sequence(stream)
+    text = "".join(d.get("content", "") for d in deltas)
+    assert "".join(b.get("text", "") for b in blocks if b["type"] == "text") == text
+    calls = [b for b in blocks if b["type"] == "tool_use"]
+    assert [c["id"] for c in calls] == [f"call_{i}" for i in range(len(fragments))]
+    assert [c.get("json", "") for c in calls] == ["".join(pieces) for pieces in fragments]
+    reason = stream[-2][1]["delta"]["stop_reason"]
+    if finish == "length":
+        assert reason == "max_tokens"
+    elif calls:
+        assert reason == "tool_use"
+    assert stream[-2][1]["usage"]["output_tokens"] == 3
+
+
+def test_a_stop_sequence_the_upstream_names_is_reported() -> None:
+    encoder = _encoder(["END"])
+    body = encoder.encode(_chunk({"content": "done"}))
+    body += encoder.encode(_chunk({}, "stop", stop_reason="END"))  # vLLM names the sequence
+    body += encoder.close(Usage())
+    assert events(body)[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}

@@ -599,3 +599,84 @@ def test_serve_runs_uvicorn_without_an_access_log(
     result = CliRunner().invoke(main, ["serve", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert seen["access_log"] is False
+
+
+# -- the stream encoder and schema conversion, fed directly ---------------------------------------
+
+from llmrelay.api.gemini_request import to_json_schema  # noqa: E402
+from llmrelay.api.gemini_stream import GenerateEncoder  # noqa: E402
+from llmrelay.core.errors import UpstreamUnavailable  # noqa: E402
+from llmrelay.core.exchange import Exchange  # noqa: E402
+from llmrelay.core.types import Usage  # noqa: E402
+
+
+def _encoder(*, sse: bool) -> GenerateEncoder:
+    return GenerateEncoder(Exchange(key=None, surface="gemini"), sse=sse)  # type: ignore[arg-type]
+
+
+def test_several_candidates_stream_side_by_side() -> None:
+    encoder = _encoder(sse=False)
+    body = encoder.encode(
+        {
+            "choices": [
+                {"index": 0, "delta": {"content": "a"}},
+                {"index": 1, "delta": {"content": "b"}},
+            ]
+        }
+    )
+    call = {"index": 0, "id": "call_1", "function": {"name": "f", "arguments": '{"x":'}}
+    body += encoder.encode({"choices": [{"index": 1, "delta": {"tool_calls": [call]}}]})
+    more = {"index": 0, "function": {"arguments": " 1}"}}
+    body += encoder.encode({"choices": [{"index": 1, "delta": {"tool_calls": [more]}}]})
+    body += encoder.encode({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+    body += encoder.encode({"choices": [{"index": 1, "delta": {}, "finish_reason": "tool_calls"}]})
+    body += encoder.close(Usage(prompt_tokens=3, completion_tokens=4))
+    elements = orjson.loads(body)
+    assert [c["index"] for c in elements[0]["candidates"]] == [0, 1]
+    final = elements[-1]
+    first, second = final["candidates"]
+    assert first["finishReason"] == "MAX_TOKENS"
+    assert second["finishReason"] == "STOP"
+    assert second["content"]["parts"] == [
+        {"functionCall": {"id": "call_1", "name": "f", "args": {"x": 1}}}
+    ]
+    assert final["usageMetadata"]["totalTokenCount"] == 7
+
+
+def test_a_failure_before_any_frame_is_still_valid_json() -> None:
+    encoder = _encoder(sse=False)
+    body = encoder.fail(UpstreamUnavailable("down", retry_after=3))
+    assert orjson.loads(body) == [
+        {
+            "error": {
+                "code": 503,
+                "message": "down",
+                "status": "UNAVAILABLE",
+                "details": [
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3s"}
+                ],
+            }
+        }
+    ]
+
+
+def test_openapi_schema_becomes_json_schema() -> None:
+    schema = {
+        "type": "OBJECT",
+        "properties": {
+            "tags": {"type": "ARRAY", "items": {"type": "STRING", "enum": ["a", "b"]}},
+            "note": {"type": "STRING", "nullable": True, "description": "free text"},
+            "either": {"anyOf": [{"type": "INTEGER"}, {"type": "BOOLEAN"}]},
+        },
+        "required": ["tags"],
+        "propertyOrdering": ["tags", "note"],
+    }
+    assert to_json_schema(schema) == {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}},
+            "note": {"type": ["string", "null"], "description": "free text"},
+            "either": {"anyOf": [{"type": "integer"}, {"type": "boolean"}]},
+        },
+        "required": ["tags"],
+    }
