@@ -16,7 +16,12 @@ import anthropic
 import httpx
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from llmrelay.api.anthropic_stream import MessageEncoder
+from llmrelay.core.exchange import Exchange
+from llmrelay.core.types import Usage
 from llmrelay.testing.emulator import count_prompt_tokens
 from llmrelay.testing.harness import RunningGateway, ThreadedEmulator
 
@@ -581,13 +586,6 @@ def test_count_tokens_without_a_provider_counter_is_404(client: anthropic.Anthro
 
 
 # -- the event state machine, fed canonical chunks directly -----------------------------------
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from llmrelay.api.anthropic_stream import MessageEncoder  # noqa: E402
-from llmrelay.core.exchange import Exchange  # noqa: E402
-from llmrelay.core.types import Usage  # noqa: E402
 
 
 def _encoder(stops: list[str] | None = None) -> MessageEncoder:

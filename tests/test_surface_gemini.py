@@ -21,6 +21,11 @@ from click.testing import CliRunner
 from google import genai
 from google.genai import errors, types
 
+from llmrelay.api.gemini_request import to_json_schema
+from llmrelay.api.gemini_stream import GenerateEncoder
+from llmrelay.core.errors import UpstreamUnavailable
+from llmrelay.core.exchange import Exchange
+from llmrelay.core.types import Usage
 from llmrelay.testing.emulator import count_prompt_tokens
 from llmrelay.testing.harness import RunningGateway, ThreadedEmulator
 
@@ -602,12 +607,6 @@ def test_serve_runs_uvicorn_without_an_access_log(
 
 
 # -- the stream encoder and schema conversion, fed directly ---------------------------------------
-
-from llmrelay.api.gemini_request import to_json_schema  # noqa: E402
-from llmrelay.api.gemini_stream import GenerateEncoder  # noqa: E402
-from llmrelay.core.errors import UpstreamUnavailable  # noqa: E402
-from llmrelay.core.exchange import Exchange  # noqa: E402
-from llmrelay.core.types import Usage  # noqa: E402
 
 
 def _encoder(*, sse: bool) -> GenerateEncoder:
