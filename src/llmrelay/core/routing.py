@@ -28,6 +28,22 @@ class TextVerdict:
 
 TextClassifier = Callable[[list[JSONObject]], TextVerdict]
 
+CLASSIFIER_WINDOW_CHARS = 2000
+"""How much of the conversation the classifier reads (its weights were trained on this much)."""
+
+
+def default_text_classifier() -> TextClassifier:
+    """The shipped classifier (rules + linear model), over a clipped window of the chat."""
+    from llmrelay.core.classifier import conversation_window, load_default_classifier
+
+    model = load_default_classifier()
+
+    def classify(messages: list[JSONObject]) -> TextVerdict:
+        verdict = model.classify(conversation_window(messages, CLASSIFIER_WINDOW_CHARS))
+        return TextVerdict(verdict.basket, verdict.confidence)
+
+    return classify
+
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
@@ -63,6 +79,7 @@ class Router:
     ) -> None:
         self._config = config
         self._catalogue = catalogue
+        # None: the shipped classifier, loaded on the first request that needs it.
         self._classifier = classifier
         self._baskets = {
             name: tuple(catalogue.resolve(m) for m in ((t,) if isinstance(t, str) else t))
@@ -94,11 +111,16 @@ class Router:
         if prompt_tokens > self._config.long_context_tokens and "long_context" in self._baskets:
             return "long_context", 1.0
         if self._classifier is None:
-            return self._config.default_basket, 0.0
+            self._classifier = default_text_classifier()
         verdict = self._classifier(request.messages)
-        threshold = self._config.min_confidence
-        if verdict.basket not in self._baskets or verdict.confidence < threshold:
+        if verdict.basket not in self._baskets:
             return self._config.default_basket, verdict.confidence
+        if verdict.basket != self._config.default_basket:
+            # cost_quality 0 keeps the default (cheap) basket unless the classifier is sure;
+            # 1 moves to the stronger basket on weaker evidence.
+            shift = (0.5 - self._config.cost_quality) * 0.4
+            if verdict.confidence < min(0.99, max(0.0, self._config.min_confidence + shift)):
+                return self._config.default_basket, verdict.confidence
         return verdict.basket, verdict.confidence
 
     def _pick(self, basket: str, needs: frozenset[str], prompt_tokens: int) -> ModelEntry:
@@ -112,9 +134,15 @@ class Router:
             if model.context_window is not None and prompt_tokens > model.context_window:
                 continue
             return model
-        missing = ", ".join(sorted(needs)) or "context length"
+        missing = sorted(c for c in needs if not any(c in m.capabilities for m in pool))
+        if not missing and needs:
+            what = "all of " + ", ".join(sorted(needs)) + " in one model"
+        elif missing:
+            what = ", ".join(missing)
+        else:
+            what = f"a context window of {prompt_tokens} tokens"
         raise InvalidRequest(
-            f"no model configured for auto routing supports what this request needs ({missing}); "
-            "add one to router.baskets or name a model explicitly",
+            f"no model configured for auto routing has {what}; add one to router.baskets or "
+            "name a model explicitly",
             param="model",
         )
