@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from dataclasses import asdict
@@ -173,21 +174,33 @@ class LedgerWriter:
     # -- the background loop ------------------------------------------------------------------
 
     async def _run(self) -> None:
-        await self._adopt_journals()
+        try:
+            await self._adopt_journals()
+        except Exception:
+            log.exception("replaying the journal at start failed; retrying in the loop")
+            self._backoff = _FIRST_BACKOFF_SECONDS
         while not self._stopped():
-            if self._backoff:
-                await self._back_off(self._backoff)
-            else:
-                await self._pause(self._config.flush_interval_seconds)
-            if self._stopped():
-                return
-            if await self._write_all():
-                self._backoff = 0.0
-            else:
+            try:
+                await self._turn()
+            except Exception:  # the writer must outlive any surprise: it holds the rows
+                log.exception("ledger writer error; retrying")
                 self._backoff = min(
                     _MAX_BACKOFF_SECONDS, self._backoff * 2 or _FIRST_BACKOFF_SECONDS
                 )
-                await self._spill_excess()
+
+    async def _turn(self) -> None:
+        """One wait and one round of writing."""
+        if self._backoff:
+            await self._back_off(self._backoff)
+        else:
+            await self._pause(self._config.flush_interval_seconds)
+        if self._stopped():
+            return
+        if await self._write_all():
+            self._backoff = 0.0
+        else:
+            self._backoff = min(_MAX_BACKOFF_SECONDS, self._backoff * 2 or _FIRST_BACKOFF_SECONDS)
+            await self._spill_excess()
 
     async def _back_off(self, seconds: float) -> None:
         """Wait before retrying an outage. New rows do not cut this short (that would become a
@@ -319,7 +332,10 @@ class LedgerWriter:
             exc.__class__.__name__,
             self._dead_letter,
         )
-        await asyncio.to_thread(_append, self._dead_letter, [row])
+        try:
+            await asyncio.to_thread(_append, self._dead_letter, [row])
+        except OSError as error:
+            log.error("ledger row %s lost: the dead-letter file failed (%s)", row.id, error)
         if self._listener is not None:
             self._listener.rejected([row], settled_here)
 
@@ -333,7 +349,12 @@ class LedgerWriter:
 
     async def _spill(self, count: int) -> None:
         rows = self._buffer[:count]
-        await asyncio.to_thread(_append, self._journal, rows)
+        try:
+            await asyncio.to_thread(_append, self._journal, rows)
+        except OSError as error:
+            # A full disk: the rows stay in memory (over the bound) rather than being lost.
+            log.error("cannot journal %d ledger rows: %s", len(rows), error)
+            return
         del self._buffer[:count]
 
     async def _adopt_journals(self) -> None:
@@ -406,9 +427,25 @@ def _adopt(journal: Path, replaying: Path) -> bool:
 
 def _append(path: Path, rows: list[LedgerRow]) -> None:
     with path.open("ab") as journal:
-        journal.write(b"".join(orjson.dumps(asdict(row)) + b"\n" for row in rows))
+        journal.write(b"".join(_encode(row) + b"\n" for row in rows))
         journal.flush()
         os.fsync(journal.fileno())
+
+
+def _encode(row: LedgerRow) -> bytes:
+    values = asdict(row)
+    try:
+        return orjson.dumps(values)
+    except TypeError:  # an integer past 64 bits (a row the database refused for it)
+        return json.dumps(values, separators=(",", ":")).encode()
+
+
+def _decode(line: bytes) -> LedgerRow:
+    try:
+        values = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        values = json.loads(line)
+    return LedgerRow(**values)
 
 
 def _read_rows(path: Path, offset: int, lines: int) -> tuple[int, list[LedgerRow]] | None:
@@ -424,8 +461,8 @@ def _read_rows(path: Path, offset: int, lines: int) -> tuple[int, list[LedgerRow
             if not line.strip():
                 continue
             try:
-                rows.append(LedgerRow(**orjson.loads(line)))
-            except (orjson.JSONDecodeError, TypeError):
+                rows.append(_decode(line))
+            except (ValueError, TypeError):
                 log.warning("skipping an unreadable line of %s", path)
         end = journal.tell()
     return None if end == offset else (end, rows)

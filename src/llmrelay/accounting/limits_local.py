@@ -2,8 +2,8 @@
 
 With several processes (``--workers N``, several instances) each keeps its own windows and
 reservations, so a key can get up to N times its limits: shared limits need Redis
-(``limits_redis``). The daily token count starts from the ledger (the key's rows since 00:00 UTC)
-the first time a process needs it, then counts on in memory.
+(``limits_redis``). A key's token count for the day starts from the ledger (its rows since
+00:00 UTC) at its first request of the day in the process, then counts on in memory.
 
 ``admit`` awaits nothing between its first check and its last count, so concurrent requests of
 one process see each other's counts and reservations exactly.
@@ -90,8 +90,7 @@ class LocalLimiter:
 
     async def admit(self, key: CachedKey, request_id: str, estimate: int) -> Ticket:
         record = key.record
-        if record.daily_tokens is not None:
-            await self.load_day(record.id)
+        await self.load_day(record.id)  # once a day per key: today's tokens, from the ledger
         self.check(record)
         self.count_request(record)
         reserved = self._book.reserve(record, key.account, estimate)
@@ -158,7 +157,7 @@ class LocalLimiter:
 
     async def load_day(self, key_id: str) -> None:
         """Make today's token count known (from the ledger), unless it is, or the store is down."""
-        today, _ = utc_day()
+        today = utc_day()[0]
         entry = self._days.get(key_id)
         if (
             entry is not None

@@ -78,7 +78,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, rpm, tpm, daily = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local credits, window = tonumber(ARGV[5]), tonumber(ARGV[8])
 if redis.call('HEXISTS', KEYS[1], 'used') == 0 then return {'init_credits'} end
-if daily > 0 and redis.call('EXISTS', KEYS[8]) == 0 then return {'init_day'} end
+if daily >= 0 and redis.call('EXISTS', KEYS[8]) == 0 then return {'init_day'} end
 local horizon = now - window
 if rpm > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', horizon)
@@ -309,6 +309,8 @@ class RedisLimiter:
     async def _admit(self, key: CachedKey, request_id: str, estimate: int) -> list[Any]:
         record = key.record
         day, _ = utc_day()
+        # Today's count is kept for every key (GET /v1/key shows it); -1: not now, the database
+        # that would start it is down (a quota is then checked once it answers).
         daily = record.daily_tokens or 0
         names = self._keys(record.id, day)
         for _ in range(4):
@@ -327,7 +329,7 @@ class RedisLimiter:
                 await self._init_credits(key, names[0])
             elif verdict[0] == "init_day":
                 if not await self._init_day(record.id, names[7]):
-                    daily = 0  # the database is down: the quota is checked once it answers
+                    daily = -1
             else:
                 return verdict
         raise RedisError("the key's state could not be initialised")
