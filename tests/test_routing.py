@@ -165,15 +165,18 @@ def _request(text: str) -> Any:
 
 
 def test_low_confidence_falls_back_to_the_default_basket() -> None:
-    unsure = _router(lambda _m: TextVerdict("code", 0.4))
+    unsure = _router(lambda _m: TextVerdict("code", 0.4), min_confidence=0.55)
     assert unsure.route(_request("hmm")).basket == "chat"
-    sure = _router(lambda _m: TextVerdict("code", 0.9))
+    sure = _router(lambda _m: TextVerdict("code", 0.9), min_confidence=0.55)
     assert sure.route(_request("hmm")).basket == "code"
+    # By default the classifier's decision stands, as evaluated in docs/routing.md.
+    assert _router(lambda _m: TextVerdict("code", 0.4)).route(_request("hmm")).basket == "code"
 
 
 def test_cost_quality_shifts_the_threshold() -> None:
-    verdict = lambda _m: TextVerdict("reasoning", 0.6)  # noqa: E731
+    verdict = lambda _m: TextVerdict("reasoning", 0.35)  # noqa: E731
     assert _router(verdict, cost_quality=0.0).route(_request("x")).basket == "chat"
+    assert _router(verdict, cost_quality=0.5).route(_request("x")).basket == "reasoning"
     assert _router(verdict, cost_quality=1.0).route(_request("x")).basket == "reasoning"
 
 

@@ -94,7 +94,7 @@ class RouterConfig(_Frozen):
     classify_streams: bool = False
     cost_quality: float = Field(0.5, ge=0, le=1)
     long_context_tokens: int = Field(100_000, ge=1)
-    min_confidence: float = Field(0.55, ge=0, le=1)
+    min_confidence: float = Field(0.0, ge=0, le=1)
 
 
 class LedgerConfig(_Frozen):

@@ -585,6 +585,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--folds", type=int, default=TrainConfig().folds, help="cross-validation folds (>= 2)"
     )
+    parser.add_argument(
+        "--max-under-routing",
+        type=float,
+        default=TrainConfig().max_under_routing,
+        help="cap on cross-validated under-routing (code/reasoning sent to chat) used to pick "
+        "the chat penalty",
+    )
     parser.add_argument("--no-cv", action="store_true", help="skip cross-validation")
     parser.add_argument(
         "--search",
@@ -599,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(args.search or ()) - set(SEARCH_GRID)
     if unknown:
         parser.error(f"unknown --search knobs: {', '.join(sorted(unknown))}")
-    config = replace(TrainConfig(), folds=args.folds)
+    config = replace(TrainConfig(), folds=args.folds, max_under_routing=args.max_under_routing)
     extra: dict[str, object] = {}
     test: list[Example] = []
     if args.labels is not None:
