@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from llmrelay.accounting.credits import Account, CreditBook
 from llmrelay.accounting.records import KeyRecord, hash_secret, new_key_id, new_secret
 from llmrelay.accounting.store import Store
@@ -65,6 +67,7 @@ class KeyService:
         self._by_hash: dict[str, CachedKey] = {}
         self._by_id: dict[str, CachedKey] = {}
         self._unknown: dict[str, float] = {}
+        self._loading: dict[str, asyncio.Future[CachedKey]] = {}
         self._refresher: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -89,7 +92,13 @@ class KeyService:
         key_hash = hash_secret(secret)
         cached = self._by_hash.get(key_hash)
         if cached is None:
-            cached = await self._load(key_hash)
+            # One database read for a crowd of first requests presenting the same key.
+            loading = self._loading.get(key_hash)
+            if loading is None:
+                loading = asyncio.ensure_future(self._load(key_hash))
+                self._loading[key_hash] = loading
+                loading.add_done_callback(lambda _: self._loading.pop(key_hash, None))
+            cached = await asyncio.shield(loading)
         record = cached.record
         if record.revoked_at is not None:
             raise AuthenticationFailed("this API key has been revoked")
@@ -196,7 +205,13 @@ class KeyService:
         """Create the admin key on a database with none; None when one exists already."""
         if await self._store.count_admin_keys():
             return None
-        return await self.create(name="admin", is_admin=True, secret=secret)
+        try:
+            return await self.create(name="admin", is_admin=True, secret=secret)
+        except IntegrityError:
+            # Instances starting together with the same LLMRELAY_ADMIN_KEY: one created it.
+            if secret is None or await self._store.find_key(hash_secret(secret)) is None:
+                raise
+            return None
 
     # -- refresh ------------------------------------------------------------------------------
 

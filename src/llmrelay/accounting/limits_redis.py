@@ -33,10 +33,11 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -64,6 +65,8 @@ log = logging.getLogger("llmrelay.limits")
 
 UNAVAILABLE = (RedisError, OSError, TimeoutError)
 _TIMEOUT_SECONDS = 0.5
+_CONNECTIONS = 64
+_POOL_WAIT_SECONDS = 2.0
 _PROBE_SECONDS = 1.0
 _BATCH = 256
 _DAY_TTL_SECONDS = 2 * 86_400
@@ -196,13 +199,18 @@ class RedisLimiter:
     ) -> None:
         # No retries inside the client: a failed call must come back at once, so the policy
         # applies, and a settlement is retried by the queue, which knows it is safe to.
-        self._redis: Redis = Redis.from_url(
+        # A bounded pool that makes a crowd wait its turn for a connection (briefly), rather
+        # than failing it as a pool that is merely full would.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=_CONNECTIONS,
+            timeout=_POOL_WAIT_SECONDS,
             decode_responses=True,
             socket_timeout=_TIMEOUT_SECONDS,
             socket_connect_timeout=_TIMEOUT_SECONDS,
             retry=Retry(NoBackoff(), 0),
         )
+        self._redis: Redis = Redis(connection_pool=pool)
         self._admit_script = self._redis.register_script(ADMIT)
         self._settle_script = self._redis.register_script(SETTLE)
         self._prefix = config.redis_key_prefix
@@ -218,6 +226,7 @@ class RedisLimiter:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._initialising: dict[str, asyncio.Future[bool]] = {}
         self.lost_settlements = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -250,6 +259,7 @@ class RedisLimiter:
                 len(self._queue),
             )
         await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
 
     # -- availability -------------------------------------------------------------------------
 
@@ -326,15 +336,24 @@ class RedisLimiter:
             ]
             verdict: list[Any] = await self._admit_script(keys=names, args=args)
             if verdict[0] == "init_credits":
-                await self._init_credits(key, names[0])
+                await self._once(names[0], lambda: self._init_credits(key, names[0]))
             elif verdict[0] == "init_day":
-                if not await self._init_day(record.id, names[7]):
+                if not await self._once(names[7], lambda: self._init_day(record.id, names[7])):
                     daily = -1
             else:
                 return verdict
         raise RedisError("the key's state could not be initialised")
 
-    async def _init_credits(self, key: CachedKey, acct: str) -> None:
+    async def _once(self, name: str, start: Callable[[], Awaitable[bool]]) -> bool:
+        """Initialise ``name`` once for a crowd of requests that all found it missing."""
+        running = self._initialising.get(name)
+        if running is None:
+            running = asyncio.ensure_future(start())
+            self._initialising[name] = running
+            running.add_done_callback(lambda _: self._initialising.pop(name, None))
+        return await asyncio.shield(running)
+
+    async def _init_credits(self, key: CachedKey, acct: str) -> bool:
         """Start the key's spend in Redis from the database plus what is only in this process."""
         account = key.account
         base = account.used
@@ -348,6 +367,7 @@ class RedisLimiter:
                 base = fresh.credits_used_nanos + account.unstored
                 break
         await self._redis.hsetnx(acct, "used", str(base))
+        return True
 
     async def _init_day(self, key_id: str, day_key: str) -> bool:
         try:
