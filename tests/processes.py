@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import yaml
 
@@ -98,3 +102,71 @@ class GatewayProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-5000:] if self.log.exists() else ""
+
+
+@dataclass
+class Sent:
+    """One request of a load: its status (0: no answer) and the gateway's request id."""
+
+    status: int
+    request_id: str | None
+    stream: bool
+
+
+class Load:
+    """Requests at a steady pace from ``workers`` concurrent clients until stopped: JSON and
+    streamed answers alternately, mock/lorem's streams taking about a second each."""
+
+    def __init__(self, base_url: str, secret: str, workers: int = 16, pause: float = 0.05) -> None:
+        self.base_url = base_url
+        self.secret = secret
+        self.workers = workers
+        self.pause = pause
+        self.sent: list[Sent] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Load:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        self._tasks = [asyncio.create_task(self._worker(n)) for n in range(self.workers)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _worker(self, number: int) -> None:
+        assert self._session is not None
+        headers = {"Authorization": f"Bearer {self.secret}"}
+        count = 0
+        while not self._stop.is_set():
+            stream = (number + count) % 2 == 1
+            count += 1
+            body = {
+                "model": "mock/lorem" if stream else "mock/echo",
+                "messages": [{"role": "user", "content": f"request {number}-{count}"}],
+                "stream": stream,
+            }
+            try:
+                async with self._session.post(
+                    self.base_url + "/v1/chat/completions", json=body, headers=headers
+                ) as response:
+                    await response.read()
+                    status, request_id = response.status, response.headers.get("x-request-id")
+            except (aiohttp.ClientError, TimeoutError):
+                status, request_id = 0, None  # the gateway is going away: no answer
+            self.sent.append(Sent(status, request_id, stream))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.pause):
+                    await self._stop.wait()
+
+    def answered(self) -> list[str]:
+        """The request ids of every request that got an answer."""
+        return [s.request_id for s in self.sent if s.request_id is not None]

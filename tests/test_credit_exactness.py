@@ -281,3 +281,26 @@ async def test_journaled_rows_are_written_when_the_database_returns_without_traf
     assert len(ids) == 100
     assert key.credits_used_nanos == 300 == await rig.stored_spend()
     await rig.ledger.close()
+
+
+async def test_a_journal_found_at_start_with_the_database_down_is_written_when_it_returns(
+    store: GatedStore, tmp_path: Path
+) -> None:
+    journal = tmp_path / "j"
+    journal.write_bytes(
+        b"".join(orjson.dumps(asdict(row(f"old{i}", "key_a", 7))) + b"\n" for i in range(30))
+    )
+    rig = Rig(store, tmp_path)
+    await rig.key()
+    store.down = True
+    rig.ledger.start()
+    await eventually(lambda: store.attempts >= 1)
+    await asyncio.sleep(0.3)
+
+    store.down = False  # and not a single request comes
+
+    journals = (journal, tmp_path / "j.replaying")
+    await eventually(lambda: not any(j.exists() for j in journals), 10)
+    await rig.ledger.close()
+    assert len(await store.ledger_ids([f"old{i}" for i in range(30)])) == 30
+    assert await rig.stored_spend() == 210
