@@ -85,18 +85,30 @@ def test_a_daily_token_quota_set_through_the_admin_api_is_enforced(
     assert listed[info["id"]]["daily_tokens"] == 20
 
 
-@pytest.mark.parametrize("value", [0, -5, "100", 2.5, True, 10**16])
-def test_a_bad_daily_quota_is_400_and_writes_nothing(
-    http: httpx.Client, gateway: RunningGateway, value: Any
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("daily_tokens", 0),
+        ("daily_tokens", -5),
+        ("daily_tokens", "100"),
+        ("daily_tokens", 2.5),
+        ("daily_tokens", True),
+        ("daily_tokens", 10**16),
+        ("tpm", 2**31),  # past a 32-bit column: refused, not a 500 from PostgreSQL
+        ("rpm", 2**40),
+        ("name", "nul\u0000name"),  # PostgreSQL text cannot hold it
+        ("models", ["mock/\u0000"]),
+    ],
+)
+def test_a_bad_limit_is_400_and_writes_nothing(
+    http: httpx.Client, gateway: RunningGateway, field: str, value: Any
 ) -> None:
     before = http.get("/admin/keys", headers=admin(gateway)).json()["data"]
 
-    response = http.post(
-        "/admin/keys", headers=admin(gateway), json={"name": "bad", "daily_tokens": value}
-    )
+    response = http.post("/admin/keys", headers=admin(gateway), json={"name": "bad", field: value})
 
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "daily_tokens"
+    assert response.json()["error"]["param"] == field
     assert http.get("/admin/keys", headers=admin(gateway)).json()["data"] == before
 
 

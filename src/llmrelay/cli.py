@@ -22,7 +22,7 @@ from llmrelay import __version__
 from llmrelay.accounting.keys import KeyService
 from llmrelay.accounting.pricing import nanos_to_usd, usd_to_nanos
 from llmrelay.accounting.store import SqlStore
-from llmrelay.api.admin import MAX_CREDITS_USD, MAX_DAILY_TOKENS, key_view
+from llmrelay.api.admin import MAX_CREDITS_USD, MAX_DAILY_TOKENS, MAX_PER_MINUTE, key_view
 from llmrelay.config import ConfigError, Settings, load_settings
 
 T = TypeVar("T")
@@ -216,8 +216,8 @@ def _parse_expiry(value: str | None) -> float | None:
     default=None,
     help="USD; omit for unlimited",
 )
-@click.option("--rpm", type=click.IntRange(min=1), default=None)
-@click.option("--tpm", type=click.IntRange(min=1), default=None)
+@click.option("--rpm", type=click.IntRange(min=1, max=MAX_PER_MINUTE), default=None)
+@click.option("--tpm", type=click.IntRange(min=1, max=MAX_PER_MINUTE), default=None)
 @click.option(
     "--daily-tokens",
     type=click.IntRange(min=1, max=MAX_DAILY_TOKENS),

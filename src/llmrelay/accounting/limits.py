@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from llmrelay.accounting.credits import CreditBook
@@ -85,10 +84,12 @@ class Limiter(Protocol):
 
 
 def utc_day(now: float | None = None) -> tuple[str, float]:
-    """Today's UTC date as ``YYYYMMDD`` and the Unix time it began."""
-    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    return start.strftime("%Y%m%d"), start.timestamp()
+    """Today (UTC) as its number of days since 1970-01-01, and the Unix time it began.
+
+    (Unix time has no leap seconds: every UTC day is exactly 86,400 of its seconds.)
+    """
+    number = int((time.time() if now is None else now) // DAY_SECONDS)
+    return str(number), float(number * DAY_SECONDS)
 
 
 def rpm_exceeded(record: KeyRecord, retry_after: float) -> RateLimited:

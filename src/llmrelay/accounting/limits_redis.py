@@ -15,7 +15,7 @@ Keys (all of one API key in one hash slot, ``{key_id}``, so the scripts also run
     <prefix>{<key id>}:rpm        zset: request id -> admitted at (ms)
     <prefix>{<key id>}:tpm        zset: "<request id>:<tokens>" -> settled at (ms)
     <prefix>{<key id>}:tpmsum     the sum of the tpm entries
-    <prefix>{<key id>}:day:<date> tokens settled that UTC day
+    <prefix>{<key id>}:day:<n>    tokens settled on UTC day n (days since 1970-01-01)
     <prefix>{<key id>}:done       zset: settlements made without a reservation (once each)
 
 ``used`` starts from the database's ``credits_used`` (plus this instance's costs not yet written)
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from llmrelay.accounting.credits import CreditBook, out_of_credits
 from llmrelay.accounting.limits import (
@@ -67,6 +67,7 @@ UNAVAILABLE = (RedisError, OSError, TimeoutError)
 _TIMEOUT_SECONDS = 0.5
 _CONNECTIONS = 64
 _POOL_WAIT_SECONDS = 2.0
+_LINGER_SECONDS = 0.01
 _PROBE_SECONDS = 1.0
 _BATCH = 256
 _DAY_TTL_SECONDS = 2 * 86_400
@@ -411,6 +412,9 @@ class RedisLimiter:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if len(self._queue) < _BATCH:
+                # A moment for others to join: one round trip for many settlements.
+                await asyncio.sleep(_LINGER_SECONDS)
             while self._queue:
                 pause = self._down_until - time.monotonic()
                 if pause > 0:
@@ -430,20 +434,37 @@ class RedisLimiter:
                 self._progress.set()
 
     async def _deliver(self, batch: list[_Settlement]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for item in batch:
-                args: list[str | int] = [
-                    item.request_id,
-                    item.cost,
-                    item.tokens,
-                    item.mode,
-                    1 if item.tpm else 0,
-                    _WINDOW_MS,
-                ]
-                await self._settle_script(
-                    keys=self._keys(item.key_id, item.day), args=args, client=pipe
-                )
-            await pipe.execute()
+        """One pipeline of EVALSHA (a Redis that restarted has lost the script: load it and
+        send again those that did not run). A connection failure raises, and the whole batch
+        is sent again later: each settlement applies once however often it is sent."""
+        pending = batch
+        for _ in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for item in pending:
+                    args: list[str | int] = [
+                        item.request_id,
+                        item.cost,
+                        item.tokens,
+                        item.mode,
+                        1 if item.tpm else 0,
+                        _WINDOW_MS,
+                    ]
+                    keys = self._keys(item.key_id, item.day)
+                    pipe.evalsha(self._settle_script.sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+            missing = [
+                item
+                for item, result in zip(pending, results, strict=True)
+                if isinstance(result, NoScriptError)
+            ]
+            for item, result in zip(pending, results, strict=True):
+                if isinstance(result, Exception) and not isinstance(result, NoScriptError):
+                    self.lost_settlements += 1
+                    log.error("Redis refused the settlement of %s: %s", item.request_id, result)
+            if not missing:
+                return
+            await self._redis.script_load(SETTLE)
+            pending = missing
 
     async def _settled(self, key_id: str, within: float) -> None:
         """Wait (a little) for this process's queued settlements of the key: read your writes."""

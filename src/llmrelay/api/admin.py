@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmrelay.accounting.pricing import nanos_to_usd, usd_to_nanos
 from llmrelay.accounting.records import KeyRecord
@@ -19,6 +19,8 @@ from llmrelay.core.validate import parse_json_object
 # Credits are stored as 64-bit integer nano-dollars; a billion USD keeps every sum far inside.
 MAX_CREDITS_USD = 1_000_000_000
 MAX_DAILY_TOKENS = 10**15
+# rpm and tpm are 32-bit columns (PostgreSQL INTEGER); past two billion a minute is no limit anyway.
+MAX_PER_MINUTE = 2**31 - 1
 
 
 class KeyCreate(BaseModel):
@@ -27,12 +29,31 @@ class KeyCreate(BaseModel):
     # Numbers are strict: JSON true or "5" must not quietly become credits or a limit.
     name: str = Field(min_length=1, max_length=200)
     credits: float | None = Field(None, ge=0, le=MAX_CREDITS_USD, allow_inf_nan=False, strict=True)
-    rpm: int | None = Field(None, ge=1, strict=True)
-    tpm: int | None = Field(None, ge=1, strict=True)
+    rpm: int | None = Field(None, ge=1, le=MAX_PER_MINUTE, strict=True)
+    tpm: int | None = Field(None, ge=1, le=MAX_PER_MINUTE, strict=True)
     daily_tokens: int | None = Field(None, ge=1, le=MAX_DAILY_TOKENS, strict=True)
     models: list[str] | None = None
     expires_at: float | None = Field(None, gt=0)
     metadata: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _storable_name(cls, value: str) -> str:
+        return _storable(value)
+
+    @field_validator("models")
+    @classmethod
+    def _storable_models(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or ():
+            _storable(pattern)
+        return value
+
+
+def _storable(text: str) -> str:
+    # PostgreSQL text cannot hold NUL: refuse it here (400) rather than fail there (500).
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return text
 
 
 class CreditsChange(BaseModel):
