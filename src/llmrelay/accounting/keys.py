@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from llmrelay.accounting.credits import Account, CreditBook
 from llmrelay.accounting.records import KeyRecord, hash_secret, new_key_id, new_secret
+from llmrelay.accounting.singleflight import SingleFlight
 from llmrelay.accounting.store import Store
 from llmrelay.core.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 
@@ -67,7 +68,7 @@ class KeyService:
         self._by_hash: dict[str, CachedKey] = {}
         self._by_id: dict[str, CachedKey] = {}
         self._unknown: dict[str, float] = {}
-        self._loading: dict[str, asyncio.Future[CachedKey]] = {}
+        self._loading: SingleFlight[CachedKey] = SingleFlight()
         self._refresher: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -93,12 +94,7 @@ class KeyService:
         cached = self._by_hash.get(key_hash)
         if cached is None:
             # One database read for a crowd of first requests presenting the same key.
-            loading = self._loading.get(key_hash)
-            if loading is None:
-                loading = asyncio.ensure_future(self._load(key_hash))
-                self._loading[key_hash] = loading
-                loading.add_done_callback(lambda _: self._loading.pop(key_hash, None))
-            cached = await asyncio.shield(loading)
+            cached = await self._loading.run(key_hash, lambda: self._load(key_hash))
         record = cached.record
         if record.revoked_at is not None:
             raise AuthenticationFailed("this API key has been revoked")

@@ -11,7 +11,6 @@ one process see each other's counts and reservations exactly.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import deque
@@ -29,6 +28,7 @@ from llmrelay.accounting.limits import (
     utc_day,
 )
 from llmrelay.accounting.records import KeyRecord, LedgerRow
+from llmrelay.accounting.singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from llmrelay.accounting.keys import CachedKey
@@ -78,7 +78,7 @@ class LocalLimiter:
         self._store = store
         self._windows: dict[str, _Window] = {}
         self._days: dict[str, _Day] = {}
-        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._loading: SingleFlight[None] = SingleFlight()
 
     async def start(self) -> None:
         return None
@@ -165,12 +165,7 @@ class LocalLimiter:
             and (entry.known or time.monotonic() < entry.retry_at)
         ):
             return
-        loading = self._loading.get(key_id)
-        if loading is None:
-            loading = asyncio.ensure_future(self._read_day(key_id, today))
-            self._loading[key_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(key_id, None))
-        await asyncio.shield(loading)
+        await self._loading.run(key_id, lambda: self._read_day(key_id, today))
 
     async def _read_day(self, key_id: str, today: str) -> None:
         _, start = utc_day()

@@ -33,7 +33,6 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -54,6 +53,7 @@ from llmrelay.accounting.limits import (
 )
 from llmrelay.accounting.limits_local import LocalLimiter
 from llmrelay.accounting.records import KeyRecord, LedgerRow
+from llmrelay.accounting.singleflight import SingleFlight
 from llmrelay.config import AccountingConfig
 from llmrelay.core.errors import ServiceUnavailable
 
@@ -227,7 +227,8 @@ class RedisLimiter:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self._initialising: dict[str, asyncio.Future[bool]] = {}
+        # A crowd of first requests for a key initialises its state once.
+        self._initialising: SingleFlight[bool] = SingleFlight()
         self.lost_settlements = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -337,22 +338,16 @@ class RedisLimiter:
             ]
             verdict: list[Any] = await self._admit_script(keys=names, args=args)
             if verdict[0] == "init_credits":
-                await self._once(names[0], lambda: self._init_credits(key, names[0]))
+                await self._initialising.run(names[0], lambda: self._init_credits(key, names[0]))
             elif verdict[0] == "init_day":
-                if not await self._once(names[7], lambda: self._init_day(record.id, names[7])):
+                started = await self._initialising.run(
+                    names[7], lambda: self._init_day(record.id, names[7])
+                )
+                if not started:
                     daily = -1
             else:
                 return verdict
         raise RedisError("the key's state could not be initialised")
-
-    async def _once(self, name: str, start: Callable[[], Awaitable[bool]]) -> bool:
-        """Initialise ``name`` once for a crowd of requests that all found it missing."""
-        running = self._initialising.get(name)
-        if running is None:
-            running = asyncio.ensure_future(start())
-            self._initialising[name] = running
-            running.add_done_callback(lambda _: self._initialising.pop(name, None))
-        return await asyncio.shield(running)
 
     async def _init_credits(self, key: CachedKey, acct: str) -> bool:
         """Start the key's spend in Redis from the database plus what is only in this process."""
