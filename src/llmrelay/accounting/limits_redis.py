@@ -68,6 +68,7 @@ _TIMEOUT_SECONDS = 0.5
 _CONNECTIONS = 64
 _POOL_WAIT_SECONDS = 2.0
 _LINGER_SECONDS = 0.01
+_DAY_RETRY_SECONDS = 5.0
 _PROBE_SECONDS = 1.0
 _BATCH = 256
 _DAY_TTL_SECONDS = 2 * 86_400
@@ -229,6 +230,7 @@ class RedisLimiter:
         self._worker: asyncio.Task[None] | None = None
         # A crowd of first requests for a key initialises its state once.
         self._initialising: SingleFlight[bool] = SingleFlight()
+        self._day_retry: dict[str, float] = {}
         self.lost_settlements = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -324,6 +326,8 @@ class RedisLimiter:
         # Today's count is kept for every key (GET /v1/key shows it); -1: not now, the database
         # that would start it is down (a quota is then checked once it answers).
         daily = record.daily_tokens or 0
+        if self._day_retry.get(record.id, 0.0) > time.monotonic():
+            daily = -1  # the database failed this a moment ago: do not wait on it again yet
         names = self._keys(record.id, day)
         for _ in range(4):
             args: list[str | int] = [
@@ -370,7 +374,9 @@ class RedisLimiter:
             tokens = await self._store.tokens_since(key_id, utc_day()[1])
         except Exception as exc:
             log.warning("daily token count unavailable: %s", exc.__class__.__name__)
+            self._day_retry[key_id] = time.monotonic() + _DAY_RETRY_SECONDS
             return False
+        self._day_retry.pop(key_id, None)
         await self._redis.set(day_key, str(tokens), nx=True, ex=_DAY_TTL_SECONDS)
         return True
 
