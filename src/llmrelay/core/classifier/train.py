@@ -9,9 +9,10 @@ or from your own labels, a JSONL file of ``{"text": ..., "basket": ...}`` object
     python -m llmrelay.core.classifier.train --labels my_labels.jsonl --out my_model/
 
 Steps: measure the rules on the training labels and keep the precise ones; k-fold
-cross-validation on the training data gives out-of-fold predictions, from which the
-probability temperature and the chat offset are fitted; the shipped model is the average
-of the k fold models, written out with a manifest. The test split is never used for any
+cross-validation on the training data, repeated with a few fold assignments, gives
+out-of-fold predictions, from which the probability temperature and the chat offset are
+fitted; the shipped model is the average of all the fold models, written out with a
+manifest. The test split is never used for any
 of this; it is only scored at the end, for the manifest.
 """
 
@@ -60,7 +61,7 @@ class TrainConfig:
     """Hyperparameters; the defaults were chosen by 5-fold cross-validation on ``train``."""
 
     max_chars: int = 2000
-    epochs: int = 12
+    epochs: int = 20
     learning_rate: float = 0.3
     l2: float = 1e-4
     # Features seen in fewer training prompts than this are dropped: one-off tokens are
@@ -71,11 +72,17 @@ class TrainConfig:
     # Sample weight ~ (source size) ** -source_balance, so that big templated sources
     # (HumanEval, GSM8K) do not dominate the vocabulary.
     source_balance: float = 0.5
-    # Largest acceptable out-of-fold under-routing when choosing the chat offset.
-    max_under_routing: float = 0.02
+    # Largest acceptable out-of-fold under-routing when choosing the chat offset. The
+    # target is 0.02 on unseen data; 0.015 leaves a margin for the generalisation gap
+    # (nested cross-validation on ``train`` runs about 0.002-0.004 above this cap).
+    max_under_routing: float = 0.015
     # A rule is kept if its training precision is at least this.
     min_rule_precision: float = 0.98
     folds: int = 5
+    # Cross-validation is run this many times with different fold assignments (seeds
+    # ``seed``, ``seed + 1``, ...): the shipped model averages all ``folds * repeats`` fold
+    # models, and calibration uses each example's out-of-fold logits averaged over repeats.
+    repeats: int = 3
     seed: int = 20250601
 
 
@@ -379,6 +386,31 @@ class CrossValidation:
     committee: Fitted
 
 
+def repeated_out_of_fold(
+    examples: Sequence[Example],
+    vectors: Sequence[FeatureVector],
+    classes: Sequence[str],
+    rules: dict[str, float],
+    config: TrainConfig,
+) -> OutOfFold:
+    """``out_of_fold`` run ``config.repeats`` times with different folds, logits averaged.
+
+    Each example's averaged logits come from models that never saw it, so they stand in
+    for the committee of all the fold models, which is what gets shipped.
+    """
+    runs = [
+        out_of_fold(examples, vectors, classes, rules, replace(config, seed=config.seed + r))
+        for r in range(max(config.repeats, 1))
+    ]
+    logits = [
+        [math.fsum(run.logits[i][c] for run in runs) / len(runs) for c in range(len(classes))]
+        for i in range(len(examples))
+    ]
+    return OutOfFold(
+        logits, runs[0].rule_baskets, [model for run in runs for model in run.fold_models]
+    )
+
+
 def cross_validate(
     examples: Sequence[Example],
     vectors: Sequence[FeatureVector],
@@ -386,7 +418,7 @@ def cross_validate(
     rules: dict[str, float],
     config: TrainConfig,
 ) -> CrossValidation:
-    oof = out_of_fold(examples, vectors, classes, rules, config)
+    oof = repeated_out_of_fold(examples, vectors, classes, rules, config)
     truth = [example.basket for example in examples]
     # Calibrate on the prompts the model actually decides (no rule fired).
     decided = [i for i, basket in enumerate(oof.rule_baskets) if basket is None]
@@ -426,8 +458,9 @@ def train(
 ) -> TrainResult:
     """Fit a model on ``examples``.
 
-    With ``run_cv`` the model is the average of the k cross-validation fold models, and the
-    temperature and chat offset are those fitted on their out-of-fold predictions. Shipping
+    With ``run_cv`` the model is the average of the ``folds * repeats`` cross-validation
+    fold models, and the temperature and chat offset are those fitted on their out-of-fold
+    predictions (averaged over the repeats). Shipping
     the fold models' average rather than a refit on all the data keeps that calibration
     valid: a refit sees more data for as many epochs and produces larger logits, which
     weakens the offset (nested cross-validation on ``train`` also scored the average a
