@@ -1,8 +1,9 @@
 """A CI-sized run of the gateway bench (bench/gateway.py): the gateway against the direct path.
 
 No wrk, no nginx: the emulator is the upstream and a small aiohttp client the load, all in this
-process. The only timing bound is a gross one (the gateway must not add tens of milliseconds to a
-request); the real figures come from ``bench/gateway.py`` and are in docs/performance.md.
+process, for whole answers and for streams (time to the first ``data:`` event). The only timing
+bound is a gross one (the gateway must not add tens of milliseconds to a request or to a stream's
+first event); the real figures come from ``bench/gateway.py`` and are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -73,3 +74,40 @@ async def test_gateway_adds_little_over_the_direct_path(
     assert len(rows) == REQUESTS + share * IN_FLIGHT
     assert {row.status for row in rows} == {"ok"}
     assert all(row.cost_nanos > 0 for row in rows)
+
+
+async def _first_event(session: aiohttp.ClientSession, url: str, body: bytes, key: str) -> float:
+    """One stream read to its end; seconds until its first ``data:`` line. Fails on a bad end."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    started = time.perf_counter()
+    first = None
+    lines = []
+    async with session.post(url, data=body, headers=headers) as response:
+        assert response.status == 200, await response.text()
+        async for line in response.content:
+            if first is None and line.startswith(b"data: "):
+                first = time.perf_counter() - started
+            lines.append(line)
+    assert first is not None, lines[:3]
+    assert lines[-2:] == [b"data: [DONE]\n", b"\n"], lines[-3:]
+    return first
+
+
+async def test_streams_reach_their_first_event_quickly(
+    gateway: RunningGateway, emulator: ThreadedEmulator
+) -> None:
+    key = gateway.create_key(name="bench-smoke-streams")
+    direct_url = emulator.base_url + "/v1/chat/completions"
+    relay_url = gateway.base_url + "/v1/chat/completions"
+    direct_body = orjson.dumps({"model": "gpt", "messages": MESSAGES, "stream": True})
+    relay_body = orjson.dumps({"model": "emu/gpt", "messages": MESSAGES, "stream": True})
+    async with aiohttp.ClientSession() as session:
+        for _ in range(5):  # warm-up
+            await _first_event(session, direct_url, direct_body, "sk-direct")
+            await _first_event(session, relay_url, relay_body, key)
+        direct = [
+            await _first_event(session, direct_url, direct_body, "sk-direct") for _ in range(60)
+        ]
+        relayed = [await _first_event(session, relay_url, relay_body, key) for _ in range(60)]
+    added = statistics.median(relayed) - statistics.median(direct)
+    assert added < GROSS_ADDED_P50_SECONDS, f"the gateway added {added * 1000:.1f} ms of TTFT"
