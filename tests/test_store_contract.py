@@ -7,6 +7,7 @@ sums, atomic batches, no lost updates under concurrency, and the same answers to
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -382,3 +383,7 @@ async def test_an_unreachable_database_is_an_outage_not_a_bad_row(
         await store.write_ledger([row("r2", "key_a")])
     assert is_outage(caught.value), repr(caught.value)
     await store.close()
+    # A failed aiosqlite connection is finalised by the garbage collector, which queues work on
+    # its thread that reports back to this loop: let that happen while the loop is still open.
+    gc.collect()
+    await asyncio.sleep(0.1)
