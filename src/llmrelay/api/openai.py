@@ -18,7 +18,12 @@ from llmrelay.api.asgi import (
     send_json,
     send_openai_error,
 )
-from llmrelay.api.streaming import DisconnectWatcher, StreamWriter, uncancel_if_client_gone
+from llmrelay.api.streaming import (
+    DisconnectWatcher,
+    StreamWriter,
+    encode_batch,
+    uncancel_if_client_gone,
+)
 from llmrelay.core.errors import GatewayError, InvalidRequest, NotFound
 from llmrelay.core.exchange import Exchange
 from llmrelay.core.pipeline import Gateway, OpenedStream
@@ -228,15 +233,13 @@ class OpenAISurface:
                 except StopAsyncIteration:
                     ended = True
             if first is not None:
-                exchange.observe_chunk(first)
-                data = encoder.encode(first)
-                if data is not None:
+                data = encode_batch(exchange, encoder.encode, first)
+                if data:
                     await writer.write(data)
             if not ended:
-                async for chunk in opened.chunks:
-                    exchange.observe_chunk(chunk)
-                    data = encoder.encode(chunk)
-                    if data is not None:
+                async for batch in opened.chunks:
+                    data = encode_batch(exchange, encoder.encode, batch)
+                    if data:
                         await writer.write(data)
             tail = DONE
             if chat.include_usage:

@@ -8,6 +8,28 @@ from collections.abc import Callable
 
 from llmrelay.api.asgi import Receive, Send
 from llmrelay.core.exchange import Exchange
+from llmrelay.core.types import JSONObject
+
+
+def encode_batch(
+    exchange: Exchange, encode: Callable[[JSONObject], bytes | None], batch: list[JSONObject]
+) -> bytes:
+    """One upstream read's chunks, metered and encoded, as the bytes of one write to the client.
+
+    One ASGI ``send`` per read rather than per chunk: where a read carries many events (a fast
+    model, a burst after a pause) the server's per-send work is paid once.
+    """
+    if len(batch) == 1:
+        chunk = batch[0]
+        exchange.observe_chunk(chunk)
+        return encode(chunk) or b""
+    parts = []
+    for chunk in batch:
+        exchange.observe_chunk(chunk)
+        data = encode(chunk)
+        if data:
+            parts.append(data)
+    return b"".join(parts)
 
 
 class StreamWriter:

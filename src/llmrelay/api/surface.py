@@ -31,7 +31,12 @@ from llmrelay.api.asgi import (
     send_bytes,
 )
 from llmrelay.api.openai import resolved_headers
-from llmrelay.api.streaming import DisconnectWatcher, StreamWriter, uncancel_if_client_gone
+from llmrelay.api.streaming import (
+    DisconnectWatcher,
+    StreamWriter,
+    encode_batch,
+    uncancel_if_client_gone,
+)
 from llmrelay.core.catalogue import Catalogue, ModelEntry
 from llmrelay.core.errors import GatewayError, NotFound
 from llmrelay.core.exchange import Exchange, new_request_id
@@ -207,14 +212,12 @@ async def _relay(
             except StopAsyncIteration:
                 ended = True
         if first is not None:
-            exchange.observe_chunk(first)
-            data = encoder.encode(first)
+            data = encode_batch(exchange, encoder.encode, first)
             if data:
                 await writer.write(data)
         if not ended:
-            async for chunk in opened.chunks:
-                exchange.observe_chunk(chunk)
-                data = encoder.encode(chunk)
+            async for batch in opened.chunks:
+                data = encode_batch(exchange, encoder.encode, batch)
                 if data:
                     await writer.write(data)
         usage, _ = gateway.final_usage(exchange)

@@ -50,15 +50,16 @@ _RETRY_BASE_SECONDS = 0.05
 class OpenedStream:
     """A stream the gateway may commit to.
 
-    ``first`` is its first chunk when it came within ``keepalive_seconds``; otherwise ``waiting``
-    is true and the first chunk is still to come (``pending_first``, or simply the next item of
+    ``chunks`` yields batches of chunks (one per upstream read, see ``Provider.stream_batches``).
+    ``first`` is its first batch when it came within ``keepalive_seconds``; otherwise ``waiting``
+    is true and the first batch is still to come (``pending_first``, or simply the next item of
     ``chunks``). ``ended`` means the upstream finished without sending a single chunk.
     """
 
-    chunks: AsyncIterator[JSONObject]
+    chunks: AsyncIterator[list[JSONObject]]
     provider: Provider
-    first: JSONObject | None = None
-    pending_first: asyncio.Future[JSONObject] | None = None
+    first: list[JSONObject] | None = None
+    pending_first: asyncio.Future[list[JSONObject]] | None = None
     waiting: bool = False
     ended: bool = False
 
@@ -204,7 +205,7 @@ class Gateway:
             for attempt in range(2):
                 exchange.model = model
                 self.observer.attempt_started(exchange, model)
-                chunks = provider.stream(call)
+                chunks = provider.stream_batches(call)
                 pending = asyncio.ensure_future(anext(chunks))
                 try:
                     done, _ = await asyncio.wait((pending,), timeout=keepalive)
@@ -235,9 +236,9 @@ class Gateway:
         self,
         exchange: Exchange,
         provider: Provider,
-        chunks: AsyncIterator[JSONObject],
-        first: JSONObject | None,
-        pending: asyncio.Future[JSONObject] | None,
+        chunks: AsyncIterator[list[JSONObject]],
+        first: list[JSONObject] | None,
+        pending: asyncio.Future[list[JSONObject]] | None,
     ) -> OpenedStream:
         if provider.capabilities.supports_cancellation:
             return OpenedStream(chunks, provider, first, pending, waiting=pending is not None)
@@ -378,7 +379,7 @@ def _exhausted(failures: list[tuple[str, UpstreamError]]) -> UpstreamError:
     return FallbacksExhausted(failures)
 
 
-async def _close_quietly(chunks: AsyncIterator[JSONObject]) -> None:
+async def _close_quietly(chunks: AsyncIterator[list[JSONObject]]) -> None:
     close = getattr(chunks, "aclose", None)
     if close is not None:
         with contextlib.suppress(Exception):

@@ -2,7 +2,8 @@
 
 Such a provider bills the whole answer whatever the client does, so the gateway must read it to the
 end to bill it honestly. The upstream is therefore consumed by its own task, which hands chunks to
-the client through a bounded queue (backpressure is kept: a slow client slows the upstream read).
+the client through a bounded queue of batches (backpressure is kept: a slow client slows the
+upstream read).
 When the client goes away the stream is *detached*: the task keeps reading, only metering, and
 writes the ledger row when the upstream ends (or after a time limit).
 """
@@ -20,14 +21,14 @@ from llmrelay.core.types import JSONObject
 log = logging.getLogger("llmrelay.pipeline")
 
 _END = object()
-_QUEUE_CHUNKS = 64
+_QUEUE_BATCHES = 64
 
 
 class ShieldedStream:
     def __init__(
         self,
-        chunks: AsyncIterator[JSONObject],
-        first: asyncio.Future[JSONObject] | None,
+        chunks: AsyncIterator[list[JSONObject]],
+        first: asyncio.Future[list[JSONObject]] | None,
         exchange: Exchange,
         on_drained: Callable[[Exchange], None],
         drain_seconds: float,
@@ -37,7 +38,7 @@ class ShieldedStream:
         self._exchange = exchange
         self._on_drained = on_drained
         self._drain_seconds = drain_seconds
-        self._queue: asyncio.Queue[object] = asyncio.Queue(_QUEUE_CHUNKS)
+        self._queue: asyncio.Queue[object] = asyncio.Queue(_QUEUE_BATCHES)
         self._detached = False
         self._task = asyncio.create_task(self._pump())
 
@@ -45,10 +46,10 @@ class ShieldedStream:
     def task(self) -> asyncio.Task[None]:
         return self._task
 
-    def __aiter__(self) -> AsyncIterator[JSONObject]:
+    def __aiter__(self) -> AsyncIterator[list[JSONObject]]:
         return self
 
-    async def __anext__(self) -> JSONObject:
+    async def __anext__(self) -> list[JSONObject]:
         item = await self._queue.get()
         if item is _END:
             raise StopAsyncIteration
@@ -65,8 +66,8 @@ class ShieldedStream:
     def _meter_queued(self) -> None:
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, dict):
-                self._exchange.observe_chunk(item)
+            if isinstance(item, list):
+                self._meter(item)
 
     async def aclose(self) -> None:
         """The stream ended normally or by a failure: stop reading."""
@@ -83,8 +84,8 @@ class ShieldedStream:
                 except StopAsyncIteration:
                     await self._deliver(_END)
                     return
-            async for chunk in self._chunks:
-                await self._deliver(chunk)
+            async for batch in self._chunks:
+                await self._deliver(batch)
             await self._deliver(_END)
         except Exception as exc:
             if self._detached:
@@ -101,12 +102,16 @@ class ShieldedStream:
 
     async def _deliver(self, item: object) -> None:
         if self._detached:
-            if isinstance(item, dict):
-                self._exchange.observe_chunk(item)
+            if isinstance(item, list):
+                self._meter(item)
             return
         await self._queue.put(item)
         if self.detached:  # detached while waiting for room: the consumer is gone
             self._meter_queued()
+
+    def _meter(self, batch: list[JSONObject]) -> None:
+        for chunk in batch:
+            self._exchange.observe_chunk(chunk)
 
     @property
     def detached(self) -> bool:

@@ -2,9 +2,13 @@
 
 A provider receives the canonical (OpenAI-shaped) request and answers canonical completions or
 chunks. It translates its wire format at its edge and its failures into the error tree at exactly
-one place. ``stream`` is an async generator: its first ``__anext__`` makes the upstream call, so an
-error known before the first chunk (a 429, an error-first stream) surfaces there, before the
-gateway commits its response; ``aclose()`` closes the upstream connection at once.
+one place. ``stream_batches`` is an async generator of chunk *batches*, one batch per upstream read
+that produced any (a fast model or a burst after a pause puts many events in one read, and the
+gateway then relays them in one write to its client). Its first ``__anext__`` makes the upstream
+call, so an error known before the first chunk (a 429, an error-first stream) surfaces there,
+before the gateway commits its response; an error after some chunks of a read is raised after
+those chunks were yielded; ``aclose()`` closes the upstream connection at once. ``stream`` is the
+same chunks one by one.
 """
 
 from __future__ import annotations
@@ -37,8 +41,19 @@ class Provider(ABC):
         """One whole answer in the ``chat.completion`` shape."""
 
     @abstractmethod
-    def stream(self, call: UpstreamRequest) -> AsyncIterator[JSONObject]:
-        """``chat.completion.chunk`` objects; usage, when known, on a chunk's ``usage`` key."""
+    def stream_batches(self, call: UpstreamRequest) -> AsyncIterator[list[JSONObject]]:
+        """Non-empty lists of ``chat.completion.chunk`` objects, one per upstream read; usage,
+        when known, on a chunk's ``usage`` key."""
+
+    async def stream(self, call: UpstreamRequest) -> AsyncIterator[JSONObject]:
+        """The chunks of ``stream_batches`` one at a time."""
+        batches = self.stream_batches(call)
+        try:
+            async for batch in batches:
+                for chunk in batch:
+                    yield chunk
+        finally:
+            await batches.aclose()  # type: ignore[attr-defined]
 
     async def count_tokens(self, call: UpstreamRequest) -> int | None:
         """The exact input token count of ``call``'s prompt from the provider's own counter.

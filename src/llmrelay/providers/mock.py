@@ -56,7 +56,8 @@ class MockProvider(Provider):
         }
         return Completion(body, usage)
 
-    async def stream(self, call: UpstreamRequest) -> AsyncIterator[JSONObject]:
+    async def stream_batches(self, call: UpstreamRequest) -> AsyncIterator[list[JSONObject]]:
+        # One chunk per batch: the mock paces its tokens as a model's separate reads would come.
         pieces, finish, tool_calls = self._answer(call)
         pace = LOREM_SECONDS_PER_TOKEN if call.model.upstream == "lorem" else 0.0
         base: JSONObject = {
@@ -73,16 +74,16 @@ class MockProvider(Provider):
             if first:
                 delta["role"] = "assistant"
                 first = False
-            yield {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            yield [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}]
         for index, tool_call in enumerate(tool_calls):
             delta = {"tool_calls": [{"index": index, **tool_call}]}
             if first:
                 delta["role"] = "assistant"
                 first = False
-            yield {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-        yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+            yield [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}]
+        yield [{**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}]
         usage = self._usage(call, len(pieces) + _tool_tokens(tool_calls))
-        yield {**base, "choices": [], "usage": usage.to_openai()}
+        yield [{**base, "choices": [], "usage": usage.to_openai()}]
 
     def _answer(self, call: UpstreamRequest) -> tuple[list[str], str, list[JSONObject]]:
         limit = call.request.max_output_tokens

@@ -21,7 +21,7 @@ from llmrelay.core.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from llmrelay.core.sse import SSEDecoder
+from llmrelay.core.sse import SSEDecoder, SSEEvent
 from llmrelay.core.types import Completion, JSONObject, Usage
 from llmrelay.providers.base import Provider, UpstreamRequest
 from llmrelay.providers.capabilities import capabilities_for, check_request
@@ -94,7 +94,7 @@ class OpenAIProvider(Provider):
         usage = parsed.get("usage")
         return Completion(parsed, Usage.from_openai(usage) if isinstance(usage, dict) else None)
 
-    async def stream(self, call: UpstreamRequest) -> AsyncIterator[JSONObject]:
+    async def stream_batches(self, call: UpstreamRequest) -> AsyncIterator[list[JSONObject]]:
         body = self._wire_body(call, stream=True)
         response = await self._client.post(
             self._url_for(call), orjson.dumps(body), self._stream_headers, self._timeouts, self.name
@@ -104,20 +104,21 @@ class OpenAIProvider(Provider):
                 raise await self._status_error(response)
             decoder = SSEDecoder()
             finished = False
-            async for raw in response.iter_chunks():
-                for event in decoder.feed(raw):
-                    chunk = self._parse_event(event.data)
-                    if chunk is None:
-                        finished = True
-                        continue
-                    if chunk:
-                        yield chunk
-            for event in decoder.close():
-                chunk = self._parse_event(event.data)
-                if chunk is None:
-                    finished = True
-                elif chunk:
-                    yield chunk
+            batch: list[JSONObject] = []
+            try:
+                async for raw in response.iter_chunks():
+                    finished = self._collect(decoder.feed(raw), batch) or finished
+                    if batch:
+                        yield batch
+                        batch = []
+                finished = self._collect(decoder.close(), batch) or finished
+                if batch:
+                    yield batch
+                    batch = []
+            except UpstreamError:
+                if batch:
+                    yield batch  # the chunks read before the failing event go out first
+                raise
             if not finished:
                 raise UpstreamProtocolError(
                     f"provider {self.name!r} ended the stream without [DONE]", provider=self.name
@@ -126,6 +127,17 @@ class OpenAIProvider(Provider):
             # Reached on normal end, on error, and when the gateway closes this generator
             # because the client went away: the connection is dropped, never pooled half-read.
             response.close()
+
+    def _collect(self, events: list[SSEEvent], batch: list[JSONObject]) -> bool:
+        """Append the chunks of ``events`` to ``batch``; whether ``[DONE]`` was among them."""
+        finished = False
+        for event in events:
+            chunk = self._parse_event(event.data)
+            if chunk is None:
+                finished = True
+            elif chunk:
+                batch.append(chunk)
+        return finished
 
     def _parse_event(self, data: bytes) -> JSONObject | None:
         """A chunk; ``{}`` for an event to skip; ``None`` for the ``[DONE]`` terminator."""

@@ -49,6 +49,18 @@ async def sse_events(response: UpstreamResponse) -> AsyncIterator[SSEEvent]:
         yield event
 
 
+async def sse_batches(response: UpstreamResponse) -> AsyncIterator[list[SSEEvent]]:
+    """The SSE events of the body, one non-empty list per read (and the one left pending)."""
+    decoder = SSEDecoder()
+    async for raw in response.iter_chunks():
+        events = decoder.feed(raw)
+        if events:
+            yield events
+    events = decoder.close()
+    if events:
+        yield events
+
+
 def event_json(data: bytes, provider: str) -> dict[str, Any]:
     """One event's ``data`` as a JSON object."""
     try:

@@ -27,7 +27,7 @@ from llmrelay.providers.upstream import (
     event_json,
     read_error,
     read_json,
-    sse_events,
+    sse_batches,
     unreadable_error,
 )
 
@@ -99,7 +99,7 @@ class AnthropicProvider(Provider):
         )
         return Completion(body_out, usage)
 
-    async def stream(self, call: UpstreamRequest) -> AsyncIterator[JSONObject]:
+    async def stream_batches(self, call: UpstreamRequest) -> AsyncIterator[list[JSONObject]]:
         body = self._wire_body(call, stream=True)
         response = await self._client.post(
             self._url, body, self._stream_headers, self._timeouts, self.name
@@ -108,14 +108,25 @@ class AnthropicProvider(Provider):
             if response.status != 200:
                 raise await self._status_error(response)
             state = MessageStream(self.name)
-            async for event in sse_events(response):
-                payload = event_json(event.data, self.name)
-                if payload.get("type", event.event) == "error":
-                    raise self._error(200, payload)
-                for chunk in state.feed(payload):
-                    yield chunk
-                if state.done:
-                    return
+            batch: list[JSONObject] = []
+            try:
+                async for events in sse_batches(response):
+                    for event in events:
+                        payload = event_json(event.data, self.name)
+                        if payload.get("type", event.event) == "error":
+                            raise self._error(200, payload)
+                        batch.extend(state.feed(payload))
+                        if state.done:
+                            break
+                    if batch:
+                        yield batch
+                        batch = []
+                    if state.done:
+                        return
+            except UpstreamError:
+                if batch:
+                    yield batch  # the chunks read before the failing event go out first
+                raise
             raise UpstreamProtocolError(
                 f"provider {self.name!r} ended the stream before message_stop", provider=self.name
             )

@@ -31,7 +31,7 @@ from llmrelay.providers.upstream import (
     event_json,
     read_error,
     read_json,
-    sse_events,
+    sse_batches,
     unreadable_error,
 )
 
@@ -105,7 +105,7 @@ class GeminiProvider(Provider):
         )
         return Completion(body_out, usage)
 
-    async def stream(self, call: UpstreamRequest) -> AsyncIterator[JSONObject]:
+    async def stream_batches(self, call: UpstreamRequest) -> AsyncIterator[list[JSONObject]]:
         body = await self._wire_body(call)
         url = self._url(call, "streamGenerateContent") + "?alt=sse"
         response = await self._client.post(
@@ -115,15 +115,25 @@ class GeminiProvider(Provider):
             if response.status != 200:
                 raise await self._status_error(response)
             state = GenerateStream(self.name, call.request_id)
-            async for event in sse_events(response):
-                payload = event_json(event.data, self.name)
-                if "error" in payload:
-                    raise self._error(200, payload)
-                self._check_prompt(payload)
-                for chunk in state.feed(payload):
-                    yield chunk
-            for chunk in state.finish():
-                yield chunk
+            batch: list[JSONObject] = []
+            try:
+                async for events in sse_batches(response):
+                    for event in events:
+                        payload = event_json(event.data, self.name)
+                        if "error" in payload:
+                            raise self._error(200, payload)
+                        self._check_prompt(payload)
+                        batch.extend(state.feed(payload))
+                    if batch:
+                        yield batch
+                        batch = []
+            except UpstreamError:
+                if batch:
+                    yield batch  # the chunks read before the failing event go out first
+                raise
+            batch = list(state.finish())
+            if batch:
+                yield batch
         finally:
             # Reached on normal end, on error, and when the gateway closes this generator
             # because the client went away: the connection is dropped, never pooled half-read.
