@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from llmrelay.config import Timeouts
 from llmrelay.core.errors import UpstreamTimeout, UpstreamUnavailable
@@ -71,3 +74,57 @@ async def test_first_byte_timeout() -> None:
                 )
         finally:
             await client.close()
+
+
+async def _server(handler: Any) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_post("/x", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/x"
+
+
+async def test_first_byte_and_idle_are_separate_limits() -> None:
+    """Headers may take longer than the idle limit; after them, a silence longer than the idle
+    limit fails the read, and a pooled connection keeps no timer from its previous answer."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        mode = request.query.get("mode")
+        if mode == "slow-headers":
+            await asyncio.sleep(0.4)
+            return web.Response(body=b"late but fine")
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first")
+        if mode == "silent-body":
+            await asyncio.sleep(2)
+        await response.write(b"second")
+        return response
+
+    runner, url = await _server(handler)
+    client = UpstreamClient()
+    client.start()
+    timeouts = Timeouts(connect=1, first_byte=2, idle=0.2)
+    try:
+        response = await client.post(url + "?mode=slow-headers", BODY, HEADERS, timeouts, "t")
+        assert await response.read() == b"late but fine"
+        response.release()
+        response = await client.post(url + "?mode=whole", BODY, HEADERS, timeouts, "t")
+        assert b"".join([chunk async for chunk in response.iter_chunks()]) == b"firstsecond"
+        response.release()
+        # The same pooled connection, headers slower than the idle limit again.
+        response = await client.post(url + "?mode=slow-headers", BODY, HEADERS, timeouts, "t")
+        assert await response.read() == b"late but fine"
+        response.release()
+        response = await client.post(url + "?mode=silent-body", BODY, HEADERS, timeouts, "t")
+        with pytest.raises(UpstreamTimeout, match="between two reads"):
+            async for _ in response.iter_chunks():
+                pass
+        response.close()
+    finally:
+        await client.close()
+        await runner.cleanup()

@@ -5,6 +5,12 @@ this gateway's pattern (small JSON POSTs and SSE reads over kept-alive loopback 
 spends a fraction of httpx's CPU per request. Timeouts are the three of the contract — connect,
 first byte (response headers) and idle between body reads — and never a total cap. aiohttp sets
 TCP_NODELAY on every connection it opens (``aiohttp.base_protocol``), which a test pins.
+
+The first-byte and idle timeouts are one mechanism, aiohttp's own ``sock_read``: a single timer
+per connection that its protocol re-arms whenever bytes arrive (and stops while the gateway itself
+holds reading back). It starts as the first-byte limit and becomes the idle limit once the
+headers are in. An ``asyncio.timeout`` around every read would cost a context object, a timer and
+a task cancel-and-uncancel each time (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -26,20 +32,24 @@ from llmrelay.core.errors import (
 
 @dataclass(frozen=True, slots=True)
 class ClientLimits:
-    max_connections: int = 1024
-    max_connections_per_host: int = 256
+    """The pool's bounds. A stream holds its upstream connection for its whole life, so the
+    bounds are sized for many long idle streams (10 000 open streams is a tested figure, see
+    docs/performance.md); a request past them waits for a connection."""
+
+    max_connections: int = 16384
+    max_connections_per_host: int = 16384
     keepalive_seconds: float = 30.0
 
 
 class UpstreamResponse:
     """An upstream answer whose body is read with the idle timeout between reads."""
 
-    __slots__ = ("_idle", "_provider", "_response", "headers", "status")
+    __slots__ = ("_provider", "_response", "headers", "status")
 
     def __init__(self, response: aiohttp.ClientResponse, idle: float, provider: str) -> None:
         self._response = response
-        self._idle = idle
         self._provider = provider
+        _switch_to_idle_timeout(response, idle)
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
@@ -49,18 +59,15 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         try:
-            async with asyncio.timeout(self._idle):
-                return await self._response.read()
+            return await self._response.read()
         except BaseException as exc:
             raise translate(exc, self._provider, reading=True) from exc
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
-        idle = self._idle
         while True:
             try:
-                async with asyncio.timeout(idle):
-                    chunk = await content.readany()
+                chunk = await content.readany()
             except BaseException as exc:
                 raise translate(exc, self._provider, reading=True) from exc
             if not chunk:
@@ -81,6 +88,7 @@ class UpstreamClient:
     def __init__(self, limits: ClientLimits | None = None) -> None:
         self._limits = limits or ClientLimits()
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
 
     def start(self) -> None:
         """Create the pool; it needs the running event loop, so the app calls this at start-up."""
@@ -108,16 +116,20 @@ class UpstreamClient:
         provider: str,
     ) -> UpstreamResponse:
         """Send the request and wait for the response headers (the first-byte timeout)."""
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=timeouts.connect, sock_read=None
-        )
+        timeout = self._timeouts.get(timeouts)
+        if timeout is None:
+            timeout = self._timeouts[timeouts] = aiohttp.ClientTimeout(
+                total=None,
+                connect=None,
+                sock_connect=timeouts.connect,
+                sock_read=timeouts.first_byte,
+            )
         session = self._session
         assert session is not None, "UpstreamClient.start() was not called"
         try:
-            async with asyncio.timeout(timeouts.first_byte + timeouts.connect):
-                response = await session.post(
-                    url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-                )
+            response = await session.post(
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            )
         except BaseException as exc:
             raise translate(exc, provider, reading=False) from exc
         return UpstreamResponse(response, timeouts.idle, provider)
@@ -126,6 +138,20 @@ class UpstreamClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _switch_to_idle_timeout(response: aiohttp.ClientResponse, idle: float) -> None:
+    """From the headers on, the connection's read timer is the idle limit between reads."""
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is None:
+        return  # the whole answer is already in: nothing more to wait for
+    protocol.read_timeout = idle
+    if not response.content.at_eof():
+        # Re-arm now: the timer running since the headers arrived has the first-byte length. At
+        # the end of the body aiohttp stops it (an armed timer must not outlive the response,
+        # or it would fire on the connection's next request).
+        protocol.start_timeout()
 
 
 def translate(exc: BaseException, provider: str, *, reading: bool) -> BaseException:
