@@ -233,9 +233,12 @@ class OpenAISurface:
                 except StopAsyncIteration:
                     ended = True
             if first is not None:
-                data = encode_batch(exchange, encoder.encode, first)
-                if data:
-                    await writer.write(data)
+                # The first event goes out alone: the client's first token must not wait for the
+                # encoding of the rest of its read (a fast upstream's first read may hold them all).
+                for part in (first[:1], first[1:]):
+                    data = encode_batch(exchange, encoder.encode, part) if part else b""
+                    if data:
+                        await writer.write(data)
             if not ended:
                 async for batch in opened.chunks:
                     data = encode_batch(exchange, encoder.encode, batch)
