@@ -741,7 +741,13 @@ def main(argv: list[str] | None = None) -> None:
     if load_cpus:
         os.sched_setaffinity(0, cpus_of(load_cpus))  # this script stays off the gateway's core
     if args.idle_streams:
-        streams.raise_fd_limit(args.idle_streams * 2 + 1000)  # inherited by every child
+        limit = streams.raise_fd_limit(args.idle_streams * 2 + 1000)  # inherited by children
+        if limit < args.idle_streams * 2 + 100:
+            print(
+                f"note: the open-file limit is {limit} and a gateway needs two descriptors per "
+                f"stream: about {(limit - 100) // 2} of {args.idle_streams} idle streams can open",
+                flush=True,
+            )
     if not args.no_litellm:
         litellm_proxy.ensure_venv()
     machine = machine_info()

@@ -31,6 +31,12 @@ _FIRST_CHUNK = (
 def raise_fd_limit(wanted: int) -> int:
     """Raise this process's open-file limit (children inherit it) toward ``wanted``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        # A gateway holding N streams needs 2N descriptors (client and upstream sides): above
+        # the usual hard limit of 20 000 for 10 000 streams. Root may raise it.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, wanted))
+            hard = wanted
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -145,28 +151,41 @@ async def _idle_streams(
     all_open = asyncio.Event()
     deadline = time.monotonic() + time_limit
 
+    failed = 0
+
     async def one() -> None:
-        nonlocal opened
-        async with gate:
-            reader, writer = await asyncio.open_connection(host, port)
-            writers.append(writer)
-            writer.write(raw)
-            head = await reader.readuntil(b"\r\n\r\n")
-            if b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
-                raise RuntimeError(f"{head[:200]!r}")
-            while b"data:" not in await reader.readuntil(b"\n"):
-                pass
-        opened += 1
-        if opened == count:
-            all_open.set()
+        nonlocal opened, failed
+        try:
+            async with gate:
+                reader, writer = await asyncio.open_connection(host, port)
+                writers.append(writer)
+                writer.write(raw)
+                head = await reader.readuntil(b"\r\n\r\n")
+                if b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
+                    raise RuntimeError(f"{head[:200]!r}")
+                while b"data:" not in await reader.readuntil(b"\n"):
+                    pass
+            opened += 1
+        except Exception:
+            failed += 1
+            raise
+        finally:
+            if opened + failed == count:
+                all_open.set()
 
     tasks = [asyncio.ensure_future(one()) for _ in range(count)]
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_open.wait(), max(1.0, deadline - time.monotonic()))
     measure(opened)
+    failures: dict[str, int] = {}
     for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            name = repr(task.exception())[:120]
+            failures[name] = failures.get(name, 0) + 1
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    if failures:
+        print(f"  streams that failed to open: {failures}", flush=True)
     for writer in writers:
         writer.close()
     return opened
