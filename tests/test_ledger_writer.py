@@ -349,6 +349,39 @@ async def test_a_bad_row_goes_to_the_dead_letter_file_and_its_neighbours_are_wri
     assert not present(settings.journal_path)
 
 
+class GoingDownStore(FakeStore):
+    """A database that fails a write with an error the writer cannot classify, then stops
+    answering reads: what a server shutting down can look like mid-isolation."""
+
+    going_down = True
+
+    async def write_ledger(self, batch: Sequence[LedgerRow]) -> None:
+        if self.going_down and any(r.id == "r3" for r in batch):
+            self.down = True
+            raise RuntimeError("connection closed in an unexpected way")
+        await super().write_ledger(batch)
+
+
+async def test_an_unclassified_error_while_the_database_goes_down_keeps_the_row(
+    tmp_path: Path,
+) -> None:
+    store = GoingDownStore()
+    settings = config(tmp_path)
+    dead_letter = Path(settings.journal_path + ".rejected")
+    writer = writer_for(store, settings)
+    for r in rows(6):
+        writer.record(r)
+
+    await writer.flush()
+
+    assert not present(dead_letter)  # no row was declared bad while the database was going away
+    assert writer.pending == 6 - len(store.rows)
+    store.down = False
+    store.going_down = False
+    await writer.flush()
+    assert sorted(store.rows) == [f"r{i}" for i in range(6)]
+
+
 async def test_a_row_already_in_the_database_is_not_dead_lettered(
     store: FakeStore, tmp_path: Path
 ) -> None:

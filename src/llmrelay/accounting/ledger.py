@@ -30,7 +30,6 @@ import orjson
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
-    IntegrityError,
     InterfaceError,
     OperationalError,
 )
@@ -281,10 +280,8 @@ class LedgerWriter:
         others together, then one by one; each row refused on its own is dead-lettered."""
         try:
             present = await self._store.ledger_ids([row.id for row in batch])
-        except Exception as exc:
-            if is_outage(exc):
-                return batch
-            present = set()
+        except Exception:
+            return batch  # the database does not answer a plain read: an outage, not bad rows
         if present:
             self._found_written([row for row in batch if row.id in present], settled_here)
             batch = [row for row in batch if row.id not in present]
@@ -303,17 +300,17 @@ class LedgerWriter:
             except Exception as exc:
                 if is_outage(exc):
                     return batch[index:]
-                if isinstance(exc, IntegrityError) and await self._already_written(row):
+                # Dead-letter a row only when the database demonstrably answers and still
+                # refuses it: an unclassified error while it is going down keeps the row.
+                try:
+                    written = bool(await self._store.ledger_ids([row.id]))
+                except Exception:
+                    return batch[index:]
+                if written:
                     self._found_written([row], settled_here)
                 else:
                     await self._reject(row, exc, settled_here)
         return []
-
-    async def _already_written(self, row: LedgerRow) -> bool:
-        try:
-            return bool(await self._store.ledger_ids([row.id]))
-        except Exception:
-            return False
 
     def _found_written(self, rows: list[LedgerRow], settled_here: bool) -> None:
         """Rows the database holds already. Ours were stored by a write whose answer was lost:
