@@ -95,7 +95,7 @@ def test_client_disconnect_mid_stream_cancels_upstream_and_bills_what_was_stream
     (upstream,) = emulator.wait_for_requests(before + 1, timeout=5)[before:]
     assert upstream.client_disconnected
     assert upstream.disconnected_at is not None
-    assert upstream.disconnected_at - closed_at < 0.5
+    assert upstream.disconnected_at - closed_at < 0.1  # the contract: within 100 ms
     assert upstream.chunks_written < 400
     row = gateway.ledger_row(request_id)
     assert row.status == "cancelled"
