@@ -211,3 +211,16 @@ def test_multiprocess_directory_for_several_workers(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(MULTIPROC_ENV, "/somewhere/chosen")
     with multiprocess_directory(4) as path:
         assert path == "/somewhere/chosen"
+
+
+def test_metrics_key_when_configured(gateway_factory: Any) -> None:
+    guarded = gateway_factory(metrics_key="scrape-secret")
+    assert httpx.get(guarded.base_url + "/metrics").status_code == 401
+    wrong = httpx.get(guarded.base_url + "/metrics", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert "nope" not in wrong.text
+    right = httpx.get(
+        guarded.base_url + "/metrics", headers={"Authorization": "Bearer scrape-secret"}
+    )
+    assert right.status_code == 200
+    assert "# HELP llmrelay_requests_total" in right.text

@@ -6,6 +6,7 @@ providers, created here and closed by the ASGI lifespan.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from llmrelay.api.gemini import GeminiSurface, is_google_client
 from llmrelay.api.openai import OpenAISurface
 from llmrelay.config import Settings, load_settings
 from llmrelay.core.catalogue import Catalogue
-from llmrelay.core.errors import GatewayError, NotFound
+from llmrelay.core.errors import AuthenticationFailed, GatewayError, NotFound
 from llmrelay.core.pipeline import Gateway
 from llmrelay.core.routing import Router
 from llmrelay.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -168,6 +169,14 @@ class App:
         )
 
     async def _metrics(self, request: Request, send: Send) -> None:
+        expected = self.settings.metrics_key
+        if expected is not None:
+            given = request.api_key() or ""
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                await send_openai_error(
+                    send, AuthenticationFailed("GET /metrics needs the configured metrics_key")
+                )
+                return
         body = self.observability.metrics.render()
         await send_bytes(send, 200, body, [(b"content-type", METRICS_CONTENT_TYPE.encode())])
 

@@ -126,6 +126,8 @@ class Settings(_Frozen):
     keepalive_seconds: float = Field(15.0, gt=0)
     max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     key_cache_seconds: float = Field(5.0, gt=0)
+    metrics_key: str | None = None
+    """When set, ``GET /metrics`` needs it as a bearer token (or any key header of the contract)."""
     client_body_timeout_seconds: float = Field(30.0, gt=0)
     client_write_timeout_seconds: float = Field(60.0, gt=0)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
