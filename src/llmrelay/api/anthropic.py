@@ -18,56 +18,30 @@ from llmrelay.api.anthropic_answer import to_message
 from llmrelay.api.anthropic_request import NATIVE, model_name, reasoning_effort, to_chat_request
 from llmrelay.api.anthropic_stream import PING, MessageEncoder, error_payload
 from llmrelay.api.asgi import JSON_HEADERS, ClientDisconnected, Headers, Request, Send, send_bytes
-from llmrelay.api.surface import (
-    Dialect,
-    can_reason,
-    count_tokens,
-    model_type,
-    provider_type,
-    resolve_model_name,
-    serve,
-)
+from llmrelay.api.surface import TranslatingDialect, count_tokens, serve
 from llmrelay.core.errors import GatewayError
 from llmrelay.core.exchange import Exchange
 from llmrelay.core.pipeline import Gateway
 from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
-from llmrelay.core.validate import parse_json_object
 
 
-class MessagesDialect(Dialect):
+class MessagesDialect(TranslatingDialect):
     surface: ClassVar[str] = "anthropic"
     keepalive: ClassVar[bytes] = PING
-
-    def __init__(self, gateway: Gateway, request: Request) -> None:
-        super().__init__(gateway, request)
-        self._body: JSONObject = {}
-        self._upstream: str | None = None
-
-    def parse(self, body: bytes) -> ChatRequest:
-        self._body = parse_json_object(body)
-        model = resolve_model_name(self.gateway.catalogue, model_name(self._body))
-        self._upstream = model_type(self.gateway, model)
-        return self._convert(model)
+    native: ClassVar[str] = NATIVE
 
     @property
     def counting(self) -> bool:
         return False
 
-    def _convert(self, model: str) -> ChatRequest:
+    def requested_model(self) -> str:
+        return model_name(self._body)
+
+    def convert(self, model: str) -> ChatRequest:
         return to_chat_request(self._body, model, upstream=self._upstream, counting=self.counting)
 
-    def routed(self, exchange: Exchange, chat: ChatRequest) -> ChatRequest:
-        upstream = provider_type(self.gateway, exchange.model)
-        if upstream != self._upstream:
-            # An auto name routed to a model whose dialect's extras differ: convert again.
-            self._upstream = upstream
-            chat = self._convert(chat.model)
-            exchange.messages = chat.messages
-        if upstream != NATIVE:
-            effort = reasoning_effort(self._body)
-            if effort is not None and can_reason(exchange.model):
-                chat.body["reasoning_effort"] = effort
-        return chat
+    def reasoning_effort(self) -> str | None:
+        return reasoning_effort(self._body)
 
     def error_body(self, error: GatewayError) -> JSONObject:
         return error_payload(error)

@@ -19,21 +19,12 @@ from llmrelay.api.asgi import JSON_HEADERS, ClientDisconnected, Request, Send, s
 from llmrelay.api.gemini_answer import to_response
 from llmrelay.api.gemini_request import NATIVE, reasoning_effort, to_chat_request
 from llmrelay.api.gemini_stream import KEEPALIVE, GenerateEncoder, error_payload
-from llmrelay.api.surface import (
-    Dialect,
-    can_reason,
-    count_tokens,
-    model_type,
-    provider_type,
-    resolve_model_name,
-    serve,
-)
+from llmrelay.api.surface import TranslatingDialect, count_tokens, resolve_model_name, serve
 from llmrelay.core.catalogue import ModelEntry
 from llmrelay.core.errors import GatewayError, NotFound
 from llmrelay.core.exchange import Exchange
 from llmrelay.core.pipeline import Gateway
 from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
-from llmrelay.core.validate import parse_json_object
 
 GENERATE = "generateContent"
 STREAM = "streamGenerateContent"
@@ -55,35 +46,24 @@ def is_google_client(request: Request) -> bool:
     return request.header(b"x-goog-api-key") is not None or "key" in request.query
 
 
-class GenerateDialect(Dialect):
+class GenerateDialect(TranslatingDialect):
     surface: ClassVar[str] = "gemini"
     keepalive: ClassVar[bytes] = KEEPALIVE
+    native: ClassVar[str] = NATIVE
 
     def __init__(self, gateway: Gateway, request: Request, model: str, *, stream: bool) -> None:
         super().__init__(gateway, request)
         self._model = model
         self._stream = stream
-        self._body: JSONObject = {}
-        self._upstream: str | None = None
 
-    def parse(self, body: bytes) -> ChatRequest:
-        self._body = parse_json_object(body)
-        model = resolve_model_name(self.gateway.catalogue, self._model)
-        self._upstream = model_type(self.gateway, model)
+    def requested_model(self) -> str:
+        return self._model
+
+    def convert(self, model: str) -> ChatRequest:
         return to_chat_request(self._body, model, stream=self._stream, upstream=self._upstream)
 
-    def routed(self, exchange: Exchange, chat: ChatRequest) -> ChatRequest:
-        upstream = provider_type(self.gateway, exchange.model)
-        if upstream != self._upstream:
-            # An auto name routed to a model whose dialect's extras differ: convert again.
-            self._upstream = upstream
-            chat = to_chat_request(self._body, chat.model, stream=self._stream, upstream=upstream)
-            exchange.messages = chat.messages
-        if upstream != NATIVE:
-            effort = reasoning_effort(self._body)
-            if effort is not None and can_reason(exchange.model):
-                chat.body["reasoning_effort"] = effort
-        return chat
+    def reasoning_effort(self) -> str | None:
+        return reasoning_effort(self._body)
 
     def error_body(self, error: GatewayError) -> JSONObject:
         return error_payload(error)

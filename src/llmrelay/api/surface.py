@@ -42,6 +42,7 @@ from llmrelay.core.errors import GatewayError, NotFound
 from llmrelay.core.exchange import Exchange, new_request_id
 from llmrelay.core.pipeline import Gateway, OpenedStream
 from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
+from llmrelay.core.validate import parse_json_object
 from llmrelay.providers.base import UpstreamRequest
 
 
@@ -98,6 +99,53 @@ class Dialect(ABC):
         body = orjson.dumps(self.error_body(error))
         headers = JSON_HEADERS + error_headers(error, self.headers(exchange))
         await send_bytes(send, error.http_status, body, headers)
+
+
+class TranslatingDialect(Dialect):
+    """A dialect whose body is converted for the type of provider that will serve it.
+
+    The same dialect in and out passes its own extras through (``native``); when routing picks
+    a model of another provider type than the one named, the body is converted again, and
+    the client's reasoning setting becomes ``reasoning_effort`` for models that reason.
+    """
+
+    native: ClassVar[str]
+
+    def __init__(self, gateway: Gateway, request: Request) -> None:
+        super().__init__(gateway, request)
+        self._body: JSONObject = {}
+        self._upstream: str | None = None
+
+    @abstractmethod
+    def requested_model(self) -> str:
+        """The model the client named, in its own dialect."""
+
+    @abstractmethod
+    def convert(self, model: str) -> ChatRequest:
+        """``self._body`` as the canonical request for ``model`` and ``self._upstream``."""
+
+    @abstractmethod
+    def reasoning_effort(self) -> str | None:
+        """The client's reasoning setting as an OpenAI ``reasoning_effort``, if it set one."""
+
+    def parse(self, body: bytes) -> ChatRequest:
+        self._body = parse_json_object(body)
+        model = resolve_model_name(self.gateway.catalogue, self.requested_model())
+        self._upstream = model_type(self.gateway, model)
+        return self.convert(model)
+
+    def routed(self, exchange: Exchange, chat: ChatRequest) -> ChatRequest:
+        upstream = provider_type(self.gateway, exchange.model)
+        if upstream != self._upstream:
+            # An auto name routed to a model whose dialect's extras differ: convert again.
+            self._upstream = upstream
+            chat = self.convert(chat.model)
+            exchange.messages = chat.messages
+        if upstream != self.native:
+            effort = self.reasoning_effort()
+            if effort is not None and can_reason(exchange.model):
+                chat.body["reasoning_effort"] = effort
+        return chat
 
 
 async def serve(dialect: Dialect, send: Send) -> None:
