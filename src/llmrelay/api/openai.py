@@ -18,17 +18,12 @@ from llmrelay.api.asgi import (
     send_json,
     send_openai_error,
 )
-from llmrelay.api.streaming import (
-    DisconnectWatcher,
-    StreamWriter,
-    encode_batch,
-    uncancel_if_client_gone,
-)
+from llmrelay.api.streaming import DisconnectWatcher, relay, uncancel_if_client_gone
 from llmrelay.core.errors import GatewayError, InvalidRequest, NotFound
 from llmrelay.core.exchange import Exchange
 from llmrelay.core.pipeline import Gateway, OpenedStream
 from llmrelay.core.sse import DONE
-from llmrelay.core.types import ChatRequest, JSONObject
+from llmrelay.core.types import ChatRequest, JSONObject, Usage
 from llmrelay.core.validate import parse_json_object, validate_chat_request
 
 KEEPALIVE = b": PROCESSING\n\n"
@@ -42,10 +37,13 @@ class ChunkEncoder:
     concatenates repeats), and usage only in the final ``choices: []`` chunk when asked for.
     """
 
-    __slots__ = ("_exchange", "_roles_sent", "_tool_calls_seen")
+    __slots__ = ("_exchange", "_include_usage", "_roles_sent", "_tool_calls_seen")
 
-    def __init__(self, exchange: Exchange) -> None:
+    headers: Headers = SSE_HEADERS
+
+    def __init__(self, exchange: Exchange, include_usage: bool) -> None:
         self._exchange = exchange
+        self._include_usage = include_usage
         self._roles_sent: set[int] = set()
         self._tool_calls_seen: set[tuple[int, int]] = set()
 
@@ -88,6 +86,14 @@ class ChunkEncoder:
                     function.pop("name", None)
             else:
                 self._tool_calls_seen.add(marker)
+
+    def close(self, usage: Usage) -> bytes:
+        if not self._include_usage:
+            return DONE
+        return self.usage_chunk(usage.to_openai()) + DONE
+
+    def fail(self, error: GatewayError) -> bytes:
+        return self.error_chunk(error) + DONE
 
     def usage_chunk(self, usage: JSONObject) -> bytes:
         exchange = self._exchange
@@ -203,57 +209,16 @@ class OpenAISurface:
         send: Send,
         watcher: DisconnectWatcher,
     ) -> None:
-        gateway = self.gateway
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": SSE_HEADERS + resolved_headers(exchange),
-            }
-        )
-        settings = gateway.settings
-        writer = StreamWriter(
+        await relay(
+            self.gateway,
+            exchange,
+            opened,
             send,
+            watcher,
+            ChunkEncoder(exchange, chat.include_usage),
             KEEPALIVE,
-            settings.keepalive_seconds,
-            settings.client_write_timeout_seconds,
-            watcher.client_stalled,
+            SSE_HEADERS + resolved_headers(exchange),
         )
-        writer.start()
-        encoder = ChunkEncoder(exchange)
-        try:
-            if opened.waiting:
-                # Committed on the keep-alive timer: the line has been quiet that long already.
-                await writer.write(KEEPALIVE)
-            first = opened.first
-            ended = opened.ended
-            if first is None and opened.pending_first is not None:
-                try:
-                    first = await opened.pending_first
-                except StopAsyncIteration:
-                    ended = True
-            if first is not None:
-                # The first event goes out alone: the client's first token must not wait for the
-                # encoding of the rest of its read (a fast upstream's first read may hold them all).
-                for part in (first[:1], first[1:]):
-                    data = encode_batch(exchange, encoder.encode, part) if part else b""
-                    if data:
-                        await writer.write(data)
-            if not ended:
-                async for batch in opened.chunks:
-                    data = encode_batch(exchange, encoder.encode, batch)
-                    if data:
-                        await writer.write(data)
-            tail = DONE
-            if chat.include_usage:
-                usage, _ = gateway.final_usage(exchange)
-                tail = encoder.usage_chunk(usage.to_openai()) + DONE
-            await writer.end(tail)
-        except GatewayError as error:
-            gateway.fail(exchange, error)
-            await writer.end(encoder.error_chunk(error) + DONE)
-        finally:
-            writer.stop()
 
     # -- the small GET endpoints --------------------------------------------------------------
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Protocol
 
-from llmrelay.api.asgi import Receive, Send
+from llmrelay.api.asgi import Headers, Receive, Send
+from llmrelay.core.errors import GatewayError
 from llmrelay.core.exchange import Exchange
-from llmrelay.core.types import JSONObject
+from llmrelay.core.pipeline import Gateway, OpenedStream
+from llmrelay.core.types import JSONObject, Usage
 
 
 def encode_batch(
@@ -151,3 +154,74 @@ def uncancel_if_client_gone(exchange: Exchange) -> bool:
         with contextlib.suppress(AttributeError):
             task.uncancel()
     return True
+
+
+class StreamEncoder(Protocol):
+    """Canonical chunks → one surface's stream bytes (``b""`` when a chunk produces nothing)."""
+
+    @property
+    def headers(self) -> Headers:
+        """The response headers of the stream (content type, caching)."""
+
+    def encode(self, chunk: JSONObject) -> bytes | None: ...
+
+    def close(self, usage: Usage) -> bytes:
+        """The tail of a stream that ended well; ``usage`` is the final (or estimated) usage."""
+
+    def fail(self, error: GatewayError) -> bytes:
+        """The tail of a stream that failed after the response was committed."""
+
+
+async def relay(
+    gateway: Gateway,
+    exchange: Exchange,
+    opened: OpenedStream,
+    send: Send,
+    watcher: DisconnectWatcher,
+    encoder: StreamEncoder,
+    keepalive: bytes,
+    headers: Headers,
+) -> None:
+    """Commit a stream and relay it, on every surface: keep-alive from the moment of commit,
+    one write per upstream read (the first event alone), and the surface's own tail or
+    mid-stream error."""
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    settings = gateway.settings
+    writer = StreamWriter(
+        send,
+        keepalive,
+        settings.keepalive_seconds,
+        settings.client_write_timeout_seconds,
+        watcher.client_stalled,
+    )
+    writer.start()
+    try:
+        if opened.waiting:
+            # Committed on the keep-alive timer: the line has been quiet that long already.
+            await writer.write(keepalive)
+        first = opened.first
+        ended = opened.ended
+        if first is None and opened.pending_first is not None:
+            try:
+                first = await opened.pending_first
+            except StopAsyncIteration:
+                ended = True
+        if first is not None:
+            # The first event goes out alone: the client's first token must not wait for the
+            # encoding of the rest of its read (a fast upstream's first read may hold them all).
+            for part in (first[:1], first[1:]):
+                data = encode_batch(exchange, encoder.encode, part) if part else b""
+                if data:
+                    await writer.write(data)
+        if not ended:
+            async for batch in opened.chunks:
+                data = encode_batch(exchange, encoder.encode, batch)
+                if data:
+                    await writer.write(data)
+        usage, _ = gateway.final_usage(exchange)
+        await writer.end(encoder.close(usage))
+    except GatewayError as error:
+        gateway.fail(exchange, error)
+        await writer.end(encoder.fail(error))
+    finally:
+        writer.stop()

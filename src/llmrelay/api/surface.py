@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 import orjson
 
@@ -33,8 +33,8 @@ from llmrelay.api.asgi import (
 from llmrelay.api.openai import resolved_headers
 from llmrelay.api.streaming import (
     DisconnectWatcher,
-    StreamWriter,
-    encode_batch,
+    StreamEncoder,
+    relay,
     uncancel_if_client_gone,
 )
 from llmrelay.core.catalogue import Catalogue, ModelEntry
@@ -44,22 +44,6 @@ from llmrelay.core.pipeline import Gateway, OpenedStream
 from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
 from llmrelay.core.validate import parse_json_object
 from llmrelay.providers.base import UpstreamRequest
-
-
-class StreamEncoder(Protocol):
-    """Canonical chunks → one surface's stream bytes (``b""`` when a chunk produces nothing)."""
-
-    @property
-    def headers(self) -> Headers:
-        """The response headers of the stream (content type, caching)."""
-
-    def encode(self, chunk: JSONObject) -> bytes: ...
-
-    def close(self, usage: Usage) -> bytes:
-        """The tail of a stream that ended well; ``usage`` is the final (or estimated) usage."""
-
-    def fail(self, error: GatewayError) -> bytes:
-        """The tail of a stream that failed after the response was committed."""
 
 
 class Dialect(ABC):
@@ -230,54 +214,17 @@ async def _relay(
     send: Send,
     watcher: DisconnectWatcher,
 ) -> None:
-    gateway = dialect.gateway
-    settings = gateway.settings
     encoder = dialect.encoder(exchange, chat)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": encoder.headers + dialect.headers(exchange),
-        }
-    )
-    writer = StreamWriter(
+    await relay(
+        dialect.gateway,
+        exchange,
+        opened,
         send,
+        watcher,
+        encoder,
         dialect.keepalive,
-        settings.keepalive_seconds,
-        settings.client_write_timeout_seconds,
-        watcher.client_stalled,
+        encoder.headers + dialect.headers(exchange),
     )
-    writer.start()
-    try:
-        if opened.waiting:
-            # Committed on the keep-alive timer: the line has been quiet that long already.
-            await writer.write(dialect.keepalive)
-        first = opened.first
-        ended = opened.ended
-        if first is None and opened.pending_first is not None:
-            try:
-                first = await opened.pending_first
-            except StopAsyncIteration:
-                ended = True
-        if first is not None:
-            # The first event goes out alone: the client's first token must not wait for the
-            # encoding of the rest of its read (a fast upstream's first read may hold them all).
-            for part in (first[:1], first[1:]):
-                data = encode_batch(exchange, encoder.encode, part) if part else b""
-                if data:
-                    await writer.write(data)
-        if not ended:
-            async for batch in opened.chunks:
-                data = encode_batch(exchange, encoder.encode, batch)
-                if data:
-                    await writer.write(data)
-        usage, _ = gateway.final_usage(exchange)
-        await writer.end(encoder.close(usage))
-    except GatewayError as error:
-        gateway.fail(exchange, error)
-        await writer.end(encoder.fail(error))
-    finally:
-        writer.stop()
 
 
 async def count_tokens(dialect: Dialect) -> tuple[ModelEntry, int]:
