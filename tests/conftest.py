@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from llmrelay.config import Settings, check_references
@@ -110,3 +111,21 @@ def gateway_factory(tmp_path: Path, emulator: ThreadedEmulator) -> Iterator[Gate
 @pytest.fixture
 def gateway(gateway_factory: GatewayFactory) -> RunningGateway:
     return gateway_factory()
+
+
+@pytest.fixture(scope="module")
+def module_gateway(
+    tmp_path_factory: pytest.TempPathFactory, emulator: ThreadedEmulator
+) -> Iterator[RunningGateway]:
+    """One gateway for a whole module whose tests each make their own keys (so they cannot
+    interfere); such a module overrides ``gateway`` with a module-scoped fixture returning it."""
+    settings = make_settings(tmp_path_factory.mktemp("module"), emulator.base_url)
+    with start_gateway(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def http(gateway: RunningGateway) -> Iterator[httpx.Client]:
+    """A synchronous client on whichever ``gateway`` the test gets."""
+    with httpx.Client(base_url=gateway.base_url, timeout=10) as client:
+        yield client

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,8 @@ HELLO = [{"role": "user", "content": "hello there"}]
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory, emulator: ThreadedEmulator
-) -> Iterator[RunningGateway]:
-    settings = make_settings(tmp_path_factory.mktemp("accounting"), emulator.base_url)
-    with start_gateway(settings) as running:
-        yield running
-
-
-@pytest.fixture
-def http(gateway: RunningGateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.base_url, timeout=10) as client:
-        yield client
+def gateway(module_gateway: RunningGateway) -> RunningGateway:
+    return module_gateway
 
 
 def bearer(secret: str) -> dict[str, str]:

@@ -6,15 +6,13 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import make_settings
-from llmrelay.testing.harness import RunningGateway, ThreadedEmulator, start_gateway
+from llmrelay.testing.harness import RunningGateway
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -29,19 +27,8 @@ ADMIN_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory, emulator: ThreadedEmulator
-) -> Iterator[RunningGateway]:
-    """One gateway for the module: every test makes its own keys, so they do not interfere."""
-    settings = make_settings(tmp_path_factory.mktemp("admin"), emulator.base_url)
-    with start_gateway(settings) as running:
-        yield running
-
-
-@pytest.fixture
-def http(gateway: RunningGateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.base_url, timeout=10) as client:
-        yield client
+def gateway(module_gateway: RunningGateway) -> RunningGateway:
+    return module_gateway
 
 
 def admin(gateway: RunningGateway) -> dict[str, str]:

@@ -4,16 +4,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from conftest import make_settings
 from llmrelay.accounting.pricing import NANOS_PER_USD
-from llmrelay.testing.harness import RunningGateway, ThreadedEmulator, start_gateway
+from llmrelay.testing.harness import RunningGateway, ThreadedEmulator
 
 HELLO: Any = [{"role": "user", "content": "hello there"}]
 
@@ -38,19 +36,8 @@ GENERATION_FIELDS = {
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory, emulator: ThreadedEmulator
-) -> Iterator[RunningGateway]:
-    """One gateway for the module: every test makes its own keys, so they do not interfere."""
-    settings = make_settings(tmp_path_factory.mktemp("auth"), emulator.base_url)
-    with start_gateway(settings) as running:
-        yield running
-
-
-@pytest.fixture
-def http(gateway: RunningGateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.base_url, timeout=10) as client:
-        yield client
+def gateway(module_gateway: RunningGateway) -> RunningGateway:
+    return module_gateway
 
 
 def bearer(secret: str) -> dict[str, str]:
