@@ -258,8 +258,8 @@ def test_many_aborted_streams_leave_no_sockets_or_tasks(
     key = gateway.create_key(name="user")
 
     async def census() -> tuple[int, int]:
-        connector = gateway.app.client._session.connector  # type: ignore[union-attr]
-        busy = sum(len(c) for c in connector._acquired_per_host.values())  # type: ignore[union-attr]
+        pool = gateway.app.client.pool
+        busy = pool.open_connections - len(pool.idle_connections())
         return len(asyncio.all_tasks()), busy
 
     def settle(expected: tuple[int, int]) -> tuple[int, int]:

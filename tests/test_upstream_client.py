@@ -30,12 +30,9 @@ async def test_connections_use_tcp_nodelay_and_are_pooled() -> None:
                 assert response.status == 200
                 await response.read()
                 response.release()
-            session = client._session
-            assert session is not None
-            connector = session.connector
-            assert connector is not None
-            (pooled,) = [conn for conns in connector._conns.values() for conn in conns]  # type: ignore[attr-defined]
-            sock = pooled[0].transport.get_extra_info("socket")
+            (pooled,) = client.pool.idle_connections()
+            assert pooled.transport is not None
+            sock = pooled.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
             assert len(emu.requests) == 3  # three requests, one kept-alive connection
         finally:

@@ -1,25 +1,19 @@
 """The one pooled upstream HTTP client, and the one place its errors become gateway errors.
 
-aiohttp was chosen over httpx by measurement (bench/upstream_client.py, docs/performance.md): on
-this gateway's pattern (small JSON POSTs and SSE reads over kept-alive loopback connections) it
-spends a fraction of httpx's CPU per request. Timeouts are the three of the contract — connect,
-first byte (response headers) and idle between body reads — and never a total cap. aiohttp sets
-TCP_NODELAY on every connection it opens (``aiohttp.base_protocol``), which a test pins.
-
-The first-byte and idle timeouts are one mechanism, aiohttp's own ``sock_read``: a single timer
-per connection that its protocol re-arms whenever bytes arrive (and stops while the gateway itself
-holds reading back). It starts as the first-byte limit and becomes the idle limit once the
-headers are in. An ``asyncio.timeout`` around every read would cost a context object, a timer and
-a task cancel-and-uncancel each time (docs/performance.md).
+The client is the gateway's own lean HTTP/1.1 client (``providers/http1.py``), chosen by
+measurement: on this gateway's pattern (small JSON POSTs and SSE reads over kept-alive
+connections) aiohttp's client spent about 150 µs of CPU per request and httpx several times that
+(bench/upstream_client.py, docs/performance.md); ``http1`` spends a fraction of it. Timeouts are
+the three of the contract — connect, first byte (response headers) and idle between body reads —
+and never a total cap. Every connection has TCP_NODELAY set, which a test pins.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-
-import aiohttp
 
 from llmrelay.config import Timeouts
 from llmrelay.core.errors import (
@@ -27,6 +21,16 @@ from llmrelay.core.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
+)
+from llmrelay.providers.http1 import (
+    BadResponse,
+    ConnectFailed,
+    Connection,
+    Decoder,
+    Disconnected,
+    Pool,
+    ReadTimeout,
+    Target,
 )
 
 
@@ -37,75 +41,104 @@ class ClientLimits:
     docs/performance.md); a request past them waits for a connection."""
 
     max_connections: int = 16384
-    max_connections_per_host: int = 16384
     keepalive_seconds: float = 30.0
 
 
 class UpstreamResponse:
     """An upstream answer whose body is read with the idle timeout between reads."""
 
-    __slots__ = ("_provider", "_response", "headers", "status")
+    __slots__ = ("_conn", "_decoder", "_pool", "_provider", "headers", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse, idle: float, provider: str) -> None:
-        self._response = response
+    def __init__(self, conn: Connection, pool: Pool, provider: str) -> None:
+        headers = conn.headers
+        assert headers is not None
+        self._conn = conn
+        self._pool = pool
         self._provider = provider
-        _switch_to_idle_timeout(response, idle)
-        self.status = response.status
-        self.headers: Mapping[str, str] = response.headers
+        self.status = conn.status
+        self.headers: Mapping[str, str] = headers
+        self._decoder = Decoder.for_headers(headers) if "content-encoding" in headers else None
 
     @property
     def content_type(self) -> str:
-        return self._response.content_type
+        value = self.headers.get("content-type")
+        if not value:
+            return "application/octet-stream"
+        return str(value).split(";", 1)[0].strip().lower()
 
     async def read(self) -> bytes:
+        """The whole body."""
+        conn = self._conn
+        parts: list[bytes] = []
         try:
-            return await self._response.read()
+            while True:
+                if conn.has_data:
+                    parts.append(conn.take())  # taking keeps the socket reading
+                if conn.complete:
+                    break
+                await conn.wait_data()
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            if self._decoder is not None:
+                data = self._decoder.feed(data) + self._decoder.flush()
+            return data
         except BaseException as exc:
             raise translate(exc, self._provider, reading=True) from exc
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
+        """The body as it arrives: everything buffered since the previous chunk, in one piece."""
+        conn = self._conn
+        decoder = self._decoder
         while True:
             try:
-                chunk = await content.readany()
+                if not conn.has_data:
+                    if conn.complete:
+                        break
+                    await conn.wait_data()
+                    if not conn.has_data:
+                        break  # complete with nothing more
+                data = conn.take()
+                if decoder is not None:
+                    data = decoder.feed(data)
             except BaseException as exc:
                 raise translate(exc, self._provider, reading=True) from exc
-            if not chunk:
-                return
-            yield chunk
+            if data:
+                yield data
+        if decoder is not None:
+            try:
+                tail = decoder.flush()
+            except BaseException as exc:
+                raise translate(exc, self._provider, reading=True) from exc
+            if tail:
+                yield tail
 
     def close(self) -> None:
-        """Drop the connection at once (never returned to the pool half-read)."""
-        self._response.close()
+        """Done with the answer: the connection is pooled if it was read whole, else dropped."""
+        self._pool.release(self._conn)
 
     def release(self) -> None:
-        self._response.release()
+        self._pool.release(self._conn)
 
 
 class UpstreamClient:
     """Built once at start-up; every provider shares its connection pool."""
 
-    def __init__(self, limits: ClientLimits | None = None) -> None:
+    def __init__(
+        self, limits: ClientLimits | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._limits = limits or ClientLimits()
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        self._tls = tls
+        self._pool: Pool | None = None
+        self._targets: dict[str, Target] = {}
+
+    @property
+    def pool(self) -> Pool:
+        assert self._pool is not None, "UpstreamClient.start() was not called"
+        return self._pool
 
     def start(self) -> None:
-        """Create the pool; it needs the running event loop, so the app calls this at start-up."""
+        """Create the pool (the app calls this at start-up)."""
         limits = self._limits
-        connector = aiohttp.TCPConnector(
-            limit=limits.max_connections,
-            limit_per_host=limits.max_connections_per_host,
-            keepalive_timeout=limits.keepalive_seconds,
-            ttl_dns_cache=300,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=True,
-            raise_for_status=False,
-        )
+        self._pool = Pool(limits.max_connections, limits.keepalive_seconds, self._tls)
 
     async def post(
         self,
@@ -116,61 +149,65 @@ class UpstreamClient:
         provider: str,
     ) -> UpstreamResponse:
         """Send the request and wait for the response headers (the first-byte timeout)."""
-        timeout = self._timeouts.get(timeouts)
-        if timeout is None:
-            timeout = self._timeouts[timeouts] = aiohttp.ClientTimeout(
-                total=None,
-                connect=None,
-                sock_connect=timeouts.connect,
-                sock_read=timeouts.first_byte,
-            )
-        session = self._session
-        assert session is not None, "UpstreamClient.start() was not called"
+        pool = self._pool
+        assert pool is not None, "UpstreamClient.start() was not called"
         try:
-            response = await session.post(
-                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-            )
+            target = self._targets.get(url)
+            if target is None:
+                target = self._targets[url] = Target.parse(url)
+            head = _request_head(target, headers, len(body))
+            while True:
+                conn, reused = await pool.acquire(target, timeouts.connect)
+                try:
+                    conn.send(head, body, timeouts.first_byte, timeouts.idle)
+                    await conn.wait_headers()
+                except Disconnected as exc:
+                    pool.discard(conn)
+                    if reused and not exc.bytes_received:
+                        continue  # the server closed the idle connection as we reused it
+                    raise
+                except BaseException:
+                    pool.discard(conn)
+                    raise
+                return UpstreamResponse(conn, pool, provider)
         except BaseException as exc:
             raise translate(exc, provider, reading=False) from exc
-        return UpstreamResponse(response, timeouts.idle, provider)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
-def _switch_to_idle_timeout(response: aiohttp.ClientResponse, idle: float) -> None:
-    """From the headers on, the connection's read timer is the idle limit between reads."""
-    connection = response.connection
-    protocol = connection.protocol if connection is not None else None
-    if protocol is None:
-        return  # the whole answer is already in: nothing more to wait for
-    protocol.read_timeout = idle
-    if not response.content.at_eof():
-        # Re-arm now: the timer running since the headers arrived has the first-byte length. At
-        # the end of the body aiohttp stops it (an armed timer must not outlive the response,
-        # or it would fire on the connection's next request).
-        protocol.start_timeout()
+def _request_head(target: Target, headers: Mapping[str, str], length: int) -> bytes:
+    lines = [target.request_line]
+    for name, value in headers.items():
+        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    lines.append(b"accept-encoding: gzip, deflate\r\ncontent-length: %d\r\n\r\n" % length)
+    return b"".join(lines)
 
 
 def translate(exc: BaseException, provider: str, *, reading: bool) -> BaseException:
-    """Library and socket failures → the gateway's error tree. Cancellation passes through."""
+    """Client and socket failures → the gateway's error tree. Cancellation passes through."""
     if isinstance(exc, asyncio.CancelledError | UpstreamError):
         return exc
-    if isinstance(exc, TimeoutError):
-        what = "between two reads of the body" if reading else "before the first byte"
+    if isinstance(exc, ReadTimeout | TimeoutError):
+        between = exc.headers_received if isinstance(exc, ReadTimeout) else reading
+        what = "between two reads of the body" if between else "before the first byte"
         return UpstreamTimeout(f"provider {provider!r} timed out {what}", provider=provider)
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerTimeoutError) and not reading:
+    if isinstance(exc, ConnectFailed):
         return UpstreamUnavailable(
-            f"cannot connect to provider {provider!r}: {exc.__class__.__name__}",
-            provider=provider,
+            f"cannot connect to provider {provider!r}: {exc}", provider=provider
         )
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+    if isinstance(exc, Disconnected):
         return UpstreamProtocolError(
             f"provider {provider!r} closed the connection mid-response", provider=provider
         )
-    if isinstance(exc, aiohttp.ClientError | OSError):
+    if isinstance(exc, BadResponse):
+        return UpstreamProtocolError(
+            f"provider {provider!r} sent a malformed HTTP response: {exc}", provider=provider
+        )
+    if isinstance(exc, OSError):
         return UpstreamProtocolError(
             f"provider {provider!r} connection failed: {exc.__class__.__name__}",
             provider=provider,
