@@ -27,6 +27,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -420,6 +422,29 @@ class Setup:
     load_cpus: str | None
     gateway_cpus: str | None
     upstream_pid: int
+    profile_dir: Path | None = None
+
+
+@contextlib.contextmanager
+def profiled(setup: Setup, pid: int, name: str) -> Iterator[None]:
+    """py-spy samples ``pid`` (and its workers) for as long as the block runs, if asked to."""
+    spy = shutil.which("py-spy", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if setup.profile_dir is None or pid == setup.upstream_pid or spy is None:
+        yield
+        return
+    setup.profile_dir.mkdir(parents=True, exist_ok=True)
+    output = setup.profile_dir / f"{name}.folded"
+    command = [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "250"]
+    command += ["--format", "raw", "--output", str(output), "--nonblocking"]
+    recorder = subprocess.Popen(
+        [*pin(setup.load_cpus), *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(0.5)  # py-spy attaches before the load starts
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        recorder.wait(30)
 
 
 def measure(setup: Setup, connections: int, url: str, body: bytes, key: str, pid: int) -> Run:
@@ -675,6 +700,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--idle-streams", type=int, default=10000, help="streams held open (0: skip)"
     )
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default: results/)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="directory: py-spy records the gateway during each of its cells (folded stacks)",
+    )
     return parser.parse_args(argv)
 
 
@@ -712,7 +743,8 @@ def run_cells(
             for _ in range(repeat):
                 for path, url, body, key, pid in paths:
                     cell = row[path]
-                    run = measure(setup, conns, url, body, key, pid)
+                    with profiled(setup, pid, f"{path}-{name}-c{conns}-{len(cell.runs)}"):
+                        run = measure(setup, conns, url, body, key, pid)
                     cell.runs.append(run)
                     print(
                         f"  {name:<4} c={conns:<3} {cell.path:<8} "
@@ -772,7 +804,9 @@ def main(argv: list[str] | None = None) -> None:
                     targets.append(litellm)
                 for target in targets:
                     sanity_check(target, upstream)
-                setup = Setup(workdir, duration, load_cpus, gateway_cpus, upstream.pid)
+                setup = Setup(
+                    workdir, duration, load_cpus, gateway_cpus, upstream.pid, args.profile
+                )
                 cells, warm_requests = run_cells(
                     setup, upstream, targets, bodies, connections, args.repeat, warmup
                 )

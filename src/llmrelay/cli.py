@@ -135,7 +135,7 @@ def serve(
     if workers == 1:
         from llmrelay.app import create_app
 
-        app = create_app(settings)
+        app = create_app(settings, owns_process=True)
         # uvicorn re-raises the SIGTERM/SIGINT it handled once its graceful shutdown is done, so
         # the process would die by the signal (status 143 under a supervisor). The shutdown was
         # clean (ledger flushed), so that re-raised signal ends the process with status 0.
