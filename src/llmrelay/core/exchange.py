@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -10,9 +11,15 @@ from llmrelay.accounting.keys import CachedKey
 from llmrelay.core.catalogue import ModelEntry
 from llmrelay.core.types import JSONObject, LedgerStatus, Usage
 
+# 96 random bits per id from a generator seeded by the OS once per process: an id only has to be
+# unique (it is the ledger's key) and unguessable enough to be no handle on anything (/v1/generation
+# answers only the key's own rows). os.urandom per request was a system call on the hot path.
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))  # a forked worker's own
+
 
 def new_request_id() -> str:
-    return "chatcmpl-" + os.urandom(12).hex()
+    return f"chatcmpl-{_ids.getrandbits(96):024x}"
 
 
 @dataclass(slots=True)
