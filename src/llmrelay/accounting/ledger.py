@@ -229,8 +229,14 @@ class LedgerWriter:
     async def _write_all(self) -> bool:
         """Write the buffer, then any journal; False when the database is unreachable."""
         while self._buffer and not self._stopped():
+            full = len(self._buffer) >= self._config.batch_size
             if not await self._flush_once():
                 return False
+            if not full:
+                # Rows that came in during that write wait for the next turn: writing them at
+                # once would become a transaction per handful of rows under load, each a round
+                # trip to the database's thread (docs/performance.md).
+                break
         if self._stopped():
             return True
         if self._journal.exists() or self._replaying.exists():
