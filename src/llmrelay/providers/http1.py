@@ -143,6 +143,7 @@ class Connection(asyncio.Protocol):
         self._idle_limit = 0.0
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._rearm = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -163,6 +164,12 @@ class Connection(asyncio.Protocol):
             self._fail(BadResponse(f"unparseable response: {exc}"))
         except httptools.HttpParserUpgrade:
             self._fail(BadResponse("the server switched protocols"))
+        if self._rearm:
+            # The headers came in this read and the body did not end with them: from now on
+            # the (usually shorter) idle limit applies. A whole answer in one read skips this.
+            self._rearm = False
+            if not self.complete and not self._paused and self._error is None:
+                self._restart_timer()
 
     def eof_received(self) -> bool | None:
         return False  # close the transport; connection_lost settles the answer
@@ -207,9 +214,9 @@ class Connection(asyncio.Protocol):
         self._header_names.clear()
         self._header_values.clear()
         self.headers = ResponseHeaders(values)
-        # From the headers on, the limit is the idle one between reads.
+        # From the headers on, the limit is the idle one between reads (re-armed after this read).
         self._limit = self._idle_limit
-        self._restart_timer()
+        self._rearm = True
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -245,9 +252,10 @@ class Connection(asyncio.Protocol):
         self._error = None
         self._limit = first_byte
         self._idle_limit = idle
+        self._rearm = False
         self._last_read = self._loop.time()
         self._restart_timer()
-        transport.writelines((head, body))
+        transport.write(head + body)  # one send: writelines would make it two system calls
 
     async def wait_headers(self) -> None:
         while self.headers is None:
