@@ -195,7 +195,9 @@ _MODELS = {"json": "json/bench", "sse": "sse/bench", "idle": "idle/bench"}
 # -- setting up ---------------------------------------------------------------------------------
 
 
-def write_config(workdir: Path, upstream: Upstream, idle_base: str) -> tuple[Path, Path]:
+def write_config(
+    workdir: Path, upstream: Upstream, idle_base: str, accounting: bool = True
+) -> tuple[Path, Path]:
     database = workdir / "llmrelay.db"
     provider = {"type": "openai", "api_key": "sk-bench-upstream", "supports_cancellation": True}
     price = {"input": 0.15, "output": 0.60, "cached_input": 0.075}
@@ -218,6 +220,8 @@ def write_config(workdir: Path, upstream: Upstream, idle_base: str) -> tuple[Pat
         ],
         "ledger": {"journal_path": str(workdir / "ledger.journal")},
     }
+    if not accounting:
+        config["accounting"] = {"enabled": False}
     path = workdir / "llmrelay.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, database
@@ -251,9 +255,14 @@ def _wait_healthy(process: subprocess.Popen[bytes], url: str, log: Path, limit: 
 
 
 def start_gateway(
-    workdir: Path, upstream: Upstream, idle_base: str, workers: int, cpus: str | None
+    workdir: Path,
+    upstream: Upstream,
+    idle_base: str,
+    workers: int,
+    cpus: str | None,
+    accounting: bool = True,
 ) -> Gateway:
-    config, database = write_config(workdir, upstream, idle_base)
+    config, database = write_config(workdir, upstream, idle_base, accounting)
     port = free_port()
     command = [
         *pin(cpus),
@@ -434,7 +443,7 @@ def profiled(setup: Setup, pid: int, name: str) -> Iterator[None]:
         return
     setup.profile_dir.mkdir(parents=True, exist_ok=True)
     output = setup.profile_dir / f"{name}.folded"
-    command = [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "250"]
+    command = [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "1000"]
     command += ["--format", "raw", "--output", str(output), "--nonblocking"]
     recorder = subprocess.Popen(
         [*pin(setup.load_cpus), *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -694,6 +703,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-pin", action="store_true", help="do not pin anything to cores")
     parser.add_argument("--upstream", choices=("auto", "nginx", "emulator"), default="auto")
     parser.add_argument("--no-litellm", action="store_true", help="llmrelay and direct only")
+    parser.add_argument(
+        "--no-accounting",
+        action="store_true",
+        help="llmrelay without ledger, limits or credits (accounting.enabled: false)",
+    )
     parser.add_argument("--bodies", default="json,sse", help="json, sse or both")
     parser.add_argument("--no-ttft", action="store_true", help="skip the time-to-first-event probe")
     parser.add_argument(
@@ -794,7 +808,9 @@ def main(argv: list[str] | None = None) -> None:
         processes: list[subprocess.Popen[bytes]] = [idle_upstream]
         try:
             with running(start_upstream(workdir, args.upstream, load_cpus)) as upstream:
-                gateway = start_gateway(workdir, upstream, idle_base, args.workers, gateway_cpus)
+                gateway = start_gateway(
+                    workdir, upstream, idle_base, args.workers, gateway_cpus, not args.no_accounting
+                )
                 processes.append(gateway.target.process)
                 targets = [gateway.target]
                 gateway.target.key = create_key(gateway)
@@ -831,6 +847,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": started.isoformat(timespec="seconds"),
         "machine": {**machine, "loadavg_end": os.getloadavg()},
         "settings": {
+            "accounting": not args.no_accounting,
             "duration_s": duration,
             "warmup_s": warmup,
             "repeat": args.repeat,
