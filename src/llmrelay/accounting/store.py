@@ -86,13 +86,19 @@ def async_url(database_url: str) -> str:
     return database_url
 
 
+_INSERT_SLICE = 100
+"""Ledger rows per ``executemany``."""
+
+
 class SqlStore:
     """Keys and ledger in SQLite or PostgreSQL through SQLAlchemy Core (async)."""
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self._sqlite = database_url.startswith("sqlite")
-        options: dict[str, Any] = {"pool_pre_ping": True}
+        # A file database has no connection to lose: a ping would only be a round trip to
+        # aiosqlite's thread before every transaction.
+        options: dict[str, Any] = {"pool_pre_ping": not self._sqlite}
         if not self._sqlite:
             # A database that stops answering must fail a call (the ledger then buffers and
             # retries), not hang it: bounded connect and statement times.
@@ -187,7 +193,11 @@ class SqlStore:
             if row.cost_nanos:
                 spend[row.key_id] = spend.get(row.key_id, 0) + row.cost_nanos
         async with self.engine.begin() as conn:
-            await conn.exec_driver_sql(self._ledger_insert, list(map(self._ledger_tuple, rows)))
+            # In slices: between two, the event loop serves requests instead of waiting for
+            # the whole batch (the tail latency of the requests that arrive meanwhile).
+            for start in range(0, len(rows), _INSERT_SLICE):
+                values = list(map(self._ledger_tuple, rows[start : start + _INSERT_SLICE]))
+                await conn.exec_driver_sql(self._ledger_insert, values)
             # Always in the same order, so two instances settling the same keys cannot deadlock.
             for key_id, nanos in sorted(spend.items()):
                 await conn.execute(
