@@ -85,6 +85,29 @@ def test_multibyte_utf8_split_across_reads() -> None:
     assert events[0].data.decode("utf-8") == '{"t":"héllo 日本 🎉"}'
 
 
+def test_one_line_events_next_to_every_other_kind_of_line() -> None:
+    # One-line `data:` events are sliced out whole (the common case); around them, a pending
+    # multi-line event, an event name, an id, a comment, a bare `data` and an empty `data:`.
+    stream = (
+        b'data: {"a":1}\n\ndata:{"b":2}\n\ndata: x\ndata: y\n\nevent: e\ndata: z\n\n'
+        b"id: 9\ndata: w\n\n: note\ndata: v\n\ndata\n\ndata:\n\ndata: u\n\n"
+    )
+    expected = [
+        SSEEvent(None, b'{"a":1}'),
+        SSEEvent(None, b'{"b":2}'),
+        SSEEvent(None, b"x\ny"),
+        SSEEvent("e", b"z"),
+        SSEEvent(None, b"w"),
+        SSEEvent(None, b"v"),
+        SSEEvent(None, b""),
+        SSEEvent(None, b""),
+        SSEEvent(None, b"u"),
+    ]
+    assert decode_all([stream]) == expected
+    for cut in range(len(stream) + 1):
+        assert decode_all([stream[:cut], stream[cut:]]) == expected
+
+
 def test_an_endless_line_is_refused() -> None:
     decoder = SSEDecoder(max_line_bytes=64)
     with pytest.raises(UpstreamProtocolError):
@@ -104,6 +127,7 @@ _event = st.tuples(
     st.one_of(st.none(), st.text(alphabet="abcdefghij_", min_size=1, max_size=8)),
     st.lists(_text, min_size=1, max_size=3),
     st.lists(_text, max_size=2),
+    st.sampled_from([b"data: ", b"data:"]),
 )
 
 
@@ -115,18 +139,18 @@ _event = st.tuples(
     final_blank=st.booleans(),
 )
 def test_any_split_of_any_stream_decodes_the_same(
-    events: list[tuple[str | None, list[str], list[str]]],
+    events: list[tuple[str | None, list[str], list[str], bytes]],
     newline: bytes,
     cuts: list[int],
     final_blank: bool,
 ) -> None:
     lines: list[bytes] = []
     expected: list[SSEEvent] = []
-    for name, data_lines, comments in events:
+    for name, data_lines, comments, field in events:
         lines.extend(b":" + c.encode() for c in comments)
         if name is not None:
             lines.append(b"event: " + name.encode())
-        lines.extend(b"data: " + d.encode() for d in data_lines)
+        lines.extend(field + d.encode() for d in data_lines)
         lines.append(b"")
         expected.append(SSEEvent(name, "\n".join(data_lines).encode()))
     stream = newline.join(lines)

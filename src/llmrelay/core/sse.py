@@ -51,6 +51,8 @@ class SSEDecoder:
         buf = self._buf + chunk if self._buf else chunk
         size = len(buf)
         start = 0
+        if b"\r" not in buf:
+            start = self._feed_lf(buf, size, events)
         while start < size:
             lf = buf.find(b"\n", start)
             cr = buf.find(b"\r", start, size if lf == -1 else lf)
@@ -74,6 +76,35 @@ class SSEDecoder:
                 f"upstream sent an SSE line longer than {self._max_line} bytes"
             )
         return events
+
+    def _feed_lf(self, buf: bytes, size: int, events: list[SSEEvent]) -> int:
+        """The lines of ``buf`` (no CR in it) up to its last LF; where the rest starts.
+
+        An event that is one ``data:`` line and its blank line, with nothing pending before it
+        (what OpenAI-style upstreams send), is sliced out in one step; any other line goes
+        through ``_line``.
+        """
+        start = 0
+        append = events.append
+        new = tuple.__new__
+        while True:
+            lf = buf.find(b"\n", start)
+            if lf == -1:
+                return start
+            nxt = lf + 1
+            if (
+                nxt < size
+                and buf[nxt] == _LF
+                and buf.startswith(b"data:", start)
+                and not self._data
+                and self._event is None
+            ):
+                value = start + 6 if buf[start + 5] == _SPACE else start + 5
+                append(new(SSEEvent, (None, buf[value:lf])))
+                start = nxt + 1
+            else:
+                self._line(buf[start:lf], events)
+                start = nxt
 
     def close(self) -> list[SSEEvent]:
         """End of stream: complete a final unterminated line and a pending event."""
