@@ -24,6 +24,7 @@ import orjson
 from llmrelay.api.anthropic_answer import gemini_signature, stop_reason, usage_payload
 from llmrelay.api.asgi import SSE_HEADERS, Headers
 from llmrelay.api.signatures import gemini_for_anthropic
+from llmrelay.core.chunks import RawChunk
 from llmrelay.core.errors import GatewayError
 from llmrelay.core.exchange import Exchange
 from llmrelay.core.tokens import estimate_prompt_tokens
@@ -72,6 +73,9 @@ class MessageEncoder:
     @property
     def headers(self) -> Headers:
         return SSE_HEADERS
+
+    def encode_raw(self, chunk: RawChunk) -> bytes:
+        return self.encode(chunk.parse())
 
     def encode(self, chunk: JSONObject) -> bytes:
         out = bytearray()

@@ -26,6 +26,7 @@ from llmrelay.api.gemini_answer import (
     thought_parts,
     usage_metadata,
 )
+from llmrelay.core.chunks import RawChunk
 from llmrelay.core.errors import GatewayError
 from llmrelay.core.exchange import Exchange
 from llmrelay.core.types import JSONObject, Usage
@@ -80,6 +81,9 @@ class GenerateEncoder:
     @property
     def headers(self) -> Headers:
         return SSE_HEADERS if self._sse else JSON_STREAM_HEADERS
+
+    def encode_raw(self, chunk: RawChunk) -> bytes:
+        return self.encode(chunk.parse())
 
     def encode(self, chunk: JSONObject) -> bytes:
         out = []

@@ -19,6 +19,7 @@ from llmrelay.api.asgi import (
     send_openai_error,
 )
 from llmrelay.api.streaming import DisconnectWatcher, relay, uncancel_if_client_gone
+from llmrelay.core.chunks import PlainShape, RawChunk
 from llmrelay.core.errors import GatewayError, InvalidRequest, NotFound
 from llmrelay.core.exchange import Exchange
 from llmrelay.core.pipeline import Gateway, OpenedStream
@@ -37,7 +38,15 @@ class ChunkEncoder:
     concatenates repeats), and usage only in the final ``choices: []`` chunk when asked for.
     """
 
-    __slots__ = ("_exchange", "_include_usage", "_roles_sent", "_tool_calls_seen")
+    __slots__ = (
+        "_exchange",
+        "_include_usage",
+        "_roles_sent",
+        "_shape",
+        "_shape_head",
+        "_shape_tail",
+        "_tool_calls_seen",
+    )
 
     headers: Headers = SSE_HEADERS
 
@@ -46,6 +55,35 @@ class ChunkEncoder:
         self._include_usage = include_usage
         self._roles_sent: set[int] = set()
         self._tool_calls_seen: set[tuple[int, int]] = set()
+        self._shape: PlainShape | None = None
+        self._shape_head = b""
+        self._shape_tail = b""
+
+    def encode_raw(self, chunk: RawChunk) -> bytes | None:
+        """A plain content chunk: the stream's ``id``/``object``/``created``/``model``, then the
+        upstream's own bytes after them (``core/chunks.py``); what ``encode`` would write for
+        its parse, without parsing it. The first delta of a choice goes through ``encode``,
+        which gives it the role."""
+        shape = chunk.shape
+        if shape is not self._shape:
+            if shape.index not in self._roles_sent:
+                return self.encode(chunk.parse())
+            exchange = self._exchange
+            model = exchange.model.id if exchange.model is not None else exchange.requested_model
+            self._shape = shape
+            self._shape_head = (
+                b'data: {"id":'
+                + orjson.dumps(exchange.id)
+                + b',"object":"chat.completion.chunk","created":'
+                + orjson.dumps(exchange.created)
+                + b',"model":'
+                + orjson.dumps(model)
+                + shape.after_head
+            )
+            self._shape_tail = shape.suffix_out + b"\n\n"
+        if chunk.tail:
+            return self._shape_head + chunk.text + shape.suffix_out + chunk.tail + b"\n\n"
+        return self._shape_head + chunk.text + self._shape_tail
 
     def encode(self, chunk: JSONObject) -> bytes | None:
         choices = chunk.get("choices")
@@ -191,7 +229,7 @@ class OpenAISurface:
     ) -> None:
         gateway = self.gateway
         try:
-            opened = await gateway.open_stream(exchange, chat)
+            opened = await gateway.open_stream(exchange, chat, raw_chunks=True)
         except GatewayError as error:
             gateway.fail(exchange, error)
             await send_openai_error(send, error, resolved_headers(exchange))

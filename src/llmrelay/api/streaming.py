@@ -4,35 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from llmrelay.api.asgi import Headers, Receive, Send
+from llmrelay.core.chunks import Chunk, RawChunk
 from llmrelay.core.errors import GatewayError
 from llmrelay.core.exchange import Exchange
 from llmrelay.core.pipeline import Gateway, OpenedStream
 from llmrelay.core.types import JSONObject, Usage
 
 
-def encode_batch(
-    exchange: Exchange, encode: Callable[[JSONObject], bytes | None], batch: list[JSONObject]
-) -> bytes:
+def encode_batch(exchange: Exchange, encoder: StreamEncoder, batch: Sequence[Chunk]) -> bytes:
     """One upstream read's chunks, metered and encoded, as the bytes of one write to the client.
 
     One ASGI ``send`` per read rather than per chunk: where a read carries many events (a fast
     model, a burst after a pause) the server's per-send work is paid once.
     """
-    if len(batch) == 1:
-        chunk = batch[0]
-        exchange.observe_chunk(chunk)
-        return encode(chunk) or b""
     parts = []
     for chunk in batch:
-        exchange.observe_chunk(chunk)
-        data = encode(chunk)
+        if isinstance(chunk, RawChunk):
+            exchange.observe_text(chunk.chars)
+            data = encoder.encode_raw(chunk)
+        else:
+            exchange.observe_chunk(chunk)
+            data = encoder.encode(chunk)
         if data:
             parts.append(data)
-    return b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class StreamWriter:
@@ -165,6 +164,9 @@ class StreamEncoder(Protocol):
 
     def encode(self, chunk: JSONObject) -> bytes | None: ...
 
+    def encode_raw(self, chunk: RawChunk) -> bytes | None:
+        """A plain chunk still in its upstream bytes (streams opened with ``raw_chunks``)."""
+
     def close(self, usage: Usage) -> bytes:
         """The tail of a stream that ended well; ``usage`` is the final (or estimated) usage."""
 
@@ -210,12 +212,12 @@ async def relay(
             # The first event goes out alone: the client's first token must not wait for the
             # encoding of the rest of its read (a fast upstream's first read may hold them all).
             for part in (first[:1], first[1:]):
-                data = encode_batch(exchange, encoder.encode, part) if part else b""
+                data = encode_batch(exchange, encoder, part) if part else b""
                 if data:
                     await writer.write(data)
         if not ended:
             async for batch in opened.chunks:
-                data = encode_batch(exchange, encoder.encode, batch)
+                data = encode_batch(exchange, encoder, batch)
                 if data:
                     await writer.write(data)
         usage, _ = gateway.final_usage(exchange)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from llmrelay.accounting.keys import CachedKey
 from llmrelay.core.catalogue import ModelEntry
+from llmrelay.core.chunks import Chunk, RawChunk
 from llmrelay.core.types import JSONObject, LedgerStatus, Usage
 
 # 96 random bits per id from a generator seeded by the OS once per process: an id only has to be
@@ -52,8 +53,11 @@ class Exchange:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
 
-    def observe_chunk(self, chunk: JSONObject) -> None:
+    def observe_chunk(self, chunk: Chunk) -> None:
         """Take usage off an upstream chunk and count what it carries, for metering."""
+        if isinstance(chunk, RawChunk):
+            self.observe_text(chunk.chars)
+            return
         usage = chunk.pop("usage", None)
         if usage:
             self.usage = Usage.from_openai(usage)
@@ -81,3 +85,10 @@ class Exchange:
                         self.output_chars += len(function.get("arguments") or "") + len(
                             function.get("name") or ""
                         )
+
+    def observe_text(self, chars: int) -> None:
+        """``chars`` characters of output text (a plain chunk's, already counted)."""
+        if chars:
+            self.output_chars += chars
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from llmrelay.accounting.records import LedgerRow
 from llmrelay.accounting.store import Store
 from llmrelay.config import Settings
 from llmrelay.core.catalogue import Catalogue, ModelEntry
+from llmrelay.core.chunks import Chunk
 from llmrelay.core.errors import (
     FallbacksExhausted,
     GatewayError,
@@ -36,7 +37,7 @@ from llmrelay.core.exchange import Exchange
 from llmrelay.core.routing import Router
 from llmrelay.core.shielded import ShieldedStream
 from llmrelay.core.tokens import estimate_prompt_tokens
-from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
+from llmrelay.core.types import ChatRequest, Completion, Usage
 from llmrelay.observability.observer import Observer
 from llmrelay.providers.base import Provider, UpstreamRequest
 
@@ -56,10 +57,10 @@ class OpenedStream:
     ``chunks``). ``ended`` means the upstream finished without sending a single chunk.
     """
 
-    chunks: AsyncIterator[list[JSONObject]]
+    chunks: AsyncIterator[Sequence[Chunk]]
     provider: Provider
-    first: list[JSONObject] | None = None
-    pending_first: asyncio.Future[list[JSONObject]] | None = None
+    first: Sequence[Chunk] | None = None
+    pending_first: asyncio.Future[Sequence[Chunk]] | None = None
     waiting: bool = False
     ended: bool = False
 
@@ -186,22 +187,27 @@ class Gateway:
                 self._spawn(self._bill_after_drain(exchange, task))
             raise
 
-    async def open_stream(self, exchange: Exchange, request: ChatRequest) -> OpenedStream:
+    async def open_stream(
+        self, exchange: Exchange, request: ChatRequest, *, raw_chunks: bool = False
+    ) -> OpenedStream:
         """Call upstream until one answers; waits for the first chunk at most keepalive_seconds.
 
         Retries and fallbacks happen only here, before anything was sent to the client.
+        ``raw_chunks``: the caller takes ``RawChunk`` items (see ``UpstreamRequest``).
         """
         await self._charge(exchange, request)
-        opened = await self._open_stream(exchange, request)
+        opened = await self._open_stream(exchange, request, raw_chunks)
         self.observer.stream_opened(exchange)
         return opened
 
-    async def _open_stream(self, exchange: Exchange, request: ChatRequest) -> OpenedStream:
+    async def _open_stream(
+        self, exchange: Exchange, request: ChatRequest, raw_chunks: bool
+    ) -> OpenedStream:
         failures: list[tuple[str, UpstreamError]] = []
         keepalive = self.settings.keepalive_seconds
         for model in self._attempt_models(exchange):
             provider = self._provider(model)
-            call = UpstreamRequest(request, model, exchange.id)
+            call = UpstreamRequest(request, model, exchange.id, raw_chunks)
             for attempt in range(2):
                 exchange.model = model
                 self.observer.attempt_started(exchange, model)
@@ -236,9 +242,9 @@ class Gateway:
         self,
         exchange: Exchange,
         provider: Provider,
-        chunks: AsyncIterator[list[JSONObject]],
-        first: list[JSONObject] | None,
-        pending: asyncio.Future[list[JSONObject]] | None,
+        chunks: AsyncIterator[Sequence[Chunk]],
+        first: Sequence[Chunk] | None,
+        pending: asyncio.Future[Sequence[Chunk]] | None,
     ) -> OpenedStream:
         if provider.capabilities.supports_cancellation:
             return OpenedStream(chunks, provider, first, pending, waiting=pending is not None)
@@ -379,7 +385,7 @@ def _exhausted(failures: list[tuple[str, UpstreamError]]) -> UpstreamError:
     return FallbacksExhausted(failures)
 
 
-async def _close_quietly(chunks: AsyncIterator[list[JSONObject]]) -> None:
+async def _close_quietly(chunks: AsyncIterator[Sequence[Chunk]]) -> None:
     close = getattr(chunks, "aclose", None)
     if close is not None:
         with contextlib.suppress(Exception):

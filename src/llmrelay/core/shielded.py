@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
+from llmrelay.core.chunks import Chunk
 from llmrelay.core.exchange import Exchange
-from llmrelay.core.types import JSONObject
 
 log = logging.getLogger("llmrelay.pipeline")
 
@@ -27,8 +27,8 @@ _QUEUE_BATCHES = 64
 class ShieldedStream:
     def __init__(
         self,
-        chunks: AsyncIterator[list[JSONObject]],
-        first: asyncio.Future[list[JSONObject]] | None,
+        chunks: AsyncIterator[Sequence[Chunk]],
+        first: asyncio.Future[Sequence[Chunk]] | None,
         exchange: Exchange,
         on_drained: Callable[[Exchange], None],
         drain_seconds: float,
@@ -46,10 +46,10 @@ class ShieldedStream:
     def task(self) -> asyncio.Task[None]:
         return self._task
 
-    def __aiter__(self) -> AsyncIterator[list[JSONObject]]:
+    def __aiter__(self) -> AsyncIterator[Sequence[Chunk]]:
         return self
 
-    async def __anext__(self) -> list[JSONObject]:
+    async def __anext__(self) -> Sequence[Chunk]:
         item = await self._queue.get()
         if item is _END:
             raise StopAsyncIteration
@@ -66,7 +66,7 @@ class ShieldedStream:
     def _meter_queued(self) -> None:
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, list):
+            if isinstance(item, Sequence):
                 self._meter(item)
 
     async def aclose(self) -> None:
@@ -102,14 +102,14 @@ class ShieldedStream:
 
     async def _deliver(self, item: object) -> None:
         if self._detached:
-            if isinstance(item, list):
+            if isinstance(item, Sequence):
                 self._meter(item)
             return
         await self._queue.put(item)
         if self.detached:  # detached while waiting for room: the consumer is gone
             self._meter_queued()
 
-    def _meter(self, batch: list[JSONObject]) -> None:
+    def _meter(self, batch: Sequence[Chunk]) -> None:
         for chunk in batch:
             self._exchange.observe_chunk(chunk)
 

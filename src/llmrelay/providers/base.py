@@ -14,11 +14,12 @@ same chunks one by one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from llmrelay.core.catalogue import ModelEntry
-from llmrelay.core.types import ChatRequest, Completion, JSONObject
+from llmrelay.core.chunks import Chunk
+from llmrelay.core.types import ChatRequest, Completion
 from llmrelay.providers.capabilities import ProviderCapabilities
 
 
@@ -27,6 +28,10 @@ class UpstreamRequest:
     request: ChatRequest
     model: ModelEntry
     request_id: str
+    raw_chunks: bool = False
+    """The caller relays to an OpenAI client and takes ``RawChunk`` items (``core/chunks.py``):
+    a provider whose wire format is OpenAI's may yield its plain content chunks as their bytes.
+    Any other provider ignores it."""
 
 
 class Provider(ABC):
@@ -41,11 +46,11 @@ class Provider(ABC):
         """One whole answer in the ``chat.completion`` shape."""
 
     @abstractmethod
-    def stream_batches(self, call: UpstreamRequest) -> AsyncIterator[list[JSONObject]]:
+    def stream_batches(self, call: UpstreamRequest) -> AsyncIterator[Sequence[Chunk]]:
         """Non-empty lists of ``chat.completion.chunk`` objects, one per upstream read; usage,
-        when known, on a chunk's ``usage`` key."""
+        when known, on a chunk's ``usage`` key. ``RawChunk`` items only if ``call.raw_chunks``."""
 
-    async def stream(self, call: UpstreamRequest) -> AsyncIterator[JSONObject]:
+    async def stream(self, call: UpstreamRequest) -> AsyncIterator[Chunk]:
         """The chunks of ``stream_batches`` one at a time."""
         batches = self.stream_batches(call)
         try:

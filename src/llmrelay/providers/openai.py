@@ -2,7 +2,9 @@
 
 Azure OpenAI is the same wire format at another URL with another auth header; it is a subclass that
 changes only those two things. The canonical format *is* this wire format, so the request passes
-through with the model name swapped and usage always requested, and chunks pass through as parsed.
+through with the model name swapped and usage always requested, and chunks pass through as parsed;
+to an OpenAI client (``UpstreamRequest.raw_chunks``), plain content chunks pass through as their
+bytes, unparsed (``core/chunks.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from urllib.parse import quote
 import orjson
 
 from llmrelay.config import ProviderConfig
+from llmrelay.core.chunks import Chunk, PlainChunks
 from llmrelay.core.errors import (
     UpstreamError,
     UpstreamProtocolError,
@@ -94,7 +97,7 @@ class OpenAIProvider(Provider):
         usage = parsed.get("usage")
         return Completion(parsed, Usage.from_openai(usage) if isinstance(usage, dict) else None)
 
-    async def stream_batches(self, call: UpstreamRequest) -> AsyncIterator[list[JSONObject]]:
+    async def stream_batches(self, call: UpstreamRequest) -> AsyncIterator[list[Chunk]]:
         body = self._wire_body(call, stream=True)
         response = await self._client.post(
             self._url_for(call), orjson.dumps(body), self._stream_headers, self._timeouts, self.name
@@ -103,15 +106,16 @@ class OpenAIProvider(Provider):
             if response.status != 200:
                 raise await self._status_error(response)
             decoder = SSEDecoder()
+            plain = PlainChunks() if call.raw_chunks else None
             finished = False
-            batch: list[JSONObject] = []
+            batch: list[Chunk] = []
             try:
                 async for raw in response.iter_chunks():
-                    finished = self._collect(decoder.feed(raw), batch) or finished
+                    finished = self._collect(decoder.feed(raw), batch, plain) or finished
                     if batch:
                         yield batch
                         batch = []
-                finished = self._collect(decoder.close(), batch) or finished
+                finished = self._collect(decoder.close(), batch, plain) or finished
                 if batch:
                     yield batch
                     batch = []
@@ -128,19 +132,39 @@ class OpenAIProvider(Provider):
             # because the client went away: the connection is dropped, never pooled half-read.
             response.close()
 
-    def _collect(self, events: list[SSEEvent], batch: list[JSONObject]) -> bool:
-        """Append the chunks of ``events`` to ``batch``; whether ``[DONE]`` was among them."""
+    def _collect(
+        self, events: list[SSEEvent], batch: list[Chunk], plain: PlainChunks | None = None
+    ) -> bool:
+        """Append the chunks of ``events`` to ``batch``; whether ``[DONE]`` was among them.
+
+        With ``plain`` (the caller takes raw chunks), a plain content chunk is appended as a
+        ``RawChunk``: recognised by its bytes when a chunk of the same shape was seen, else
+        recognised after parsing (``core/chunks.py``).
+        """
         finished = False
         for event in events:
-            chunk = self._parse_event(event.data)
+            data = event.data
+            if plain is not None:
+                raw = plain.match(data)
+                if raw is not None:
+                    batch.append(raw)
+                    continue
+            chunk = self._load_event(data)
             if chunk is None:
                 finished = True
-            elif chunk:
+                continue
+            if plain is not None:
+                raw = plain.learn(data, chunk)
+                if raw is not None:
+                    batch.append(raw)
+                    continue
+            chunk = self._normalise(chunk)
+            if chunk:
                 batch.append(chunk)
         return finished
 
-    def _parse_event(self, data: bytes) -> JSONObject | None:
-        """A chunk; ``{}`` for an event to skip; ``None`` for the ``[DONE]`` terminator."""
+    def _load_event(self, data: bytes) -> JSONObject | None:
+        """The event's object, checked (an error event raises); ``None`` for ``[DONE]``."""
         if data == b"[DONE]":
             return None
         try:
@@ -156,6 +180,11 @@ class OpenAIProvider(Provider):
             )
         if chunk.get("error"):
             raise _error_from_payload(chunk, self.name, 502)
+        return chunk
+
+    @staticmethod
+    def _normalise(chunk: JSONObject) -> JSONObject:
+        """The chunk as the surfaces expect it; ``{}`` for one with nothing to relay."""
         # Azure's content-filter annotations are choices without a delta: drop the ones that carry
         # nothing else, and give a `delta` to one that ends the choice (the SDKs need it).
         choices = [
