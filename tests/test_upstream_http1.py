@@ -362,3 +362,18 @@ async def test_https_with_a_verified_certificate() -> None:
             with pytest.raises(UpstreamUnavailable, match="SSL"):
                 await untrusting.post(srv.url, BODY, HEADERS, FAST, "p")
     assert len(srv.heads) == 1
+
+
+async def test_releasing_twice_pools_the_connection_once() -> None:
+    async with Server(fixed(ok(b"{}"))) as srv, client() as upstream:
+        response = await upstream.post(srv.url, BODY, HEADERS, FAST, "p")
+        assert await response.read() == b"{}"
+        response.release()
+        response.close()
+        assert len(upstream.pool.idle_connections()) == 1
+        first, second = await asyncio.gather(
+            upstream.post(srv.url, BODY, HEADERS, FAST, "p"),
+            upstream.post(srv.url, BODY, HEADERS, FAST, "p"),
+        )
+        assert [await first.read(), await second.read()] == [b"{}", b"{}"]
+    assert srv.connections == 2  # the pooled one and one more, never one shared by two requests

@@ -124,6 +124,7 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.discarded = False  # the pool no longer counts it
+        self.pooled = False  # idle in the pool
         self.idle_since = 0.0
         # the answer in progress
         self.status = 0
@@ -417,6 +418,7 @@ class Pool:
                 deadline = time.monotonic() - self._keepalive
                 while idle:
                     conn = idle.pop()
+                    conn.pooled = False
                     if not conn.closed and conn.idle_since > deadline:
                         return conn, True
                     self._discard(conn)
@@ -438,10 +440,16 @@ class Pool:
             raise
 
     def release(self, conn: Connection) -> None:
-        """Back to the pool if the answer was read whole and the server keeps the connection."""
+        """Back to the pool if the answer was read whole and the server keeps the connection.
+
+        Releasing twice (``release`` then ``close``) is harmless: a connection is pooled once.
+        """
+        if conn.pooled or conn.discarded:
+            return
         if self._closing or not conn.reusable:
             self._discard(conn)
             return
+        conn.pooled = True
         conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.pool_key, []).append(conn)
         if self._waiters:
