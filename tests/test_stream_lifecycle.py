@@ -150,3 +150,58 @@ def test_repeated_aborts_leave_the_gateway_healthy(
     assert len(rows) == 11 if cut_after else 1 <= len(rows) <= 11
     assert sorted({r.status for r in rows}) in (["cancelled", "ok"], ["ok"])
     assert sum(r.status == "ok" for r in rows) == 1
+
+
+def test_a_failure_after_a_keepalive_commit_is_the_streams_and_never_falls_back(
+    gateway_factory: Any, emulator: ThreadedEmulator
+) -> None:
+    gateway = gateway_factory(
+        keepalive_seconds=0.2,
+        models=[
+            {"id": "emu/slow-failure", "provider": "emu", "upstream": "gpt+first=800+status=503"},
+            {"id": "emu/gpt", "provider": "emu"},
+        ],
+        router={},
+        fallbacks={"emu/slow-failure": ["emu/gpt"]},
+    )
+    key = gateway.create_key(name="user")
+    before = len(emulator.requests)
+    response = httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        json={"model": "emu/slow-failure", "messages": USER, "stream": True},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    # Committed by the keep-alive while the first chunk was awaited: the 503 that came after is
+    # written into the stream, and neither retried nor failed over.
+    assert response.status_code == 200
+    events = response.content.split(b"\n\n")
+    assert events[0] == b": PROCESSING"
+    data = [e for e in events if e.startswith(b"data: {")]
+    assert len(data) == 1
+    error = orjson.loads(data[0][6:])
+    assert error["choices"][0]["finish_reason"] == "error"
+    assert error["error"]["code"] == 503
+    assert events[-2] == b"data: [DONE]"
+    time.sleep(0.2)
+    models = [r.json.get("model") for r in emulator.requests[before:] if r.json]
+    assert models == ["gpt+first=800+status=503"]
+    row = gateway.ledger_row(response.headers["x-request-id"])
+    assert (row.status, row.http_status) == ("error", 503)
+
+
+def test_a_quick_failure_before_any_keepalive_falls_back(
+    gateway_factory: Any, emulator: ThreadedEmulator
+) -> None:
+    gateway = gateway_factory(keepalive_seconds=0.5, fallbacks={"emu/gpt+status=503": ["emu/gpt"]})
+    key = gateway.create_key(name="user")
+    response = httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        json={"model": "emu/gpt+status=503", "messages": USER, "stream": True},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.headers["x-resolved-model"] == "emu/gpt"
+    assert b": PROCESSING" not in response.content
+    assert response.content.endswith(b"data: [DONE]\n\n")

@@ -18,11 +18,11 @@ from llmrelay.api.asgi import (
     send_json,
     send_openai_error,
 )
-from llmrelay.api.streaming import DisconnectWatcher, relay, uncancel_if_client_gone
+from llmrelay.api.streaming import DisconnectWatcher, stream, uncancel_if_client_gone
 from llmrelay.core.chunks import PlainShape, RawChunk
 from llmrelay.core.errors import GatewayError, InvalidRequest, NotFound
 from llmrelay.core.exchange import Exchange
-from llmrelay.core.pipeline import Gateway, OpenedStream
+from llmrelay.core.pipeline import Gateway
 from llmrelay.core.sse import DONE
 from llmrelay.core.types import ChatRequest, JSONObject, Usage
 from llmrelay.core.validate import parse_json_object, validate_chat_request
@@ -227,35 +227,20 @@ class OpenAISurface:
     async def _stream(
         self, exchange: Exchange, chat: ChatRequest, send: Send, watcher: DisconnectWatcher
     ) -> None:
-        gateway = self.gateway
-        try:
-            opened = await gateway.open_stream(exchange, chat, raw_chunks=True)
-        except GatewayError as error:
-            gateway.fail(exchange, error)
+        async def send_error(error: GatewayError) -> None:
             await send_openai_error(send, error, resolved_headers(exchange))
-            return
-        try:
-            await self._relay(exchange, chat, opened, send, watcher)
-        finally:
-            await gateway.close_stream(exchange, opened)
 
-    async def _relay(
-        self,
-        exchange: Exchange,
-        chat: ChatRequest,
-        opened: OpenedStream,
-        send: Send,
-        watcher: DisconnectWatcher,
-    ) -> None:
-        await relay(
+        await stream(
             self.gateway,
             exchange,
-            opened,
+            chat,
             send,
             watcher,
             ChunkEncoder(exchange, chat.include_usage),
             KEEPALIVE,
-            SSE_HEADERS + resolved_headers(exchange),
+            lambda: SSE_HEADERS + resolved_headers(exchange),
+            send_error,
+            raw_chunks=True,
         )
 
     # -- the small GET endpoints --------------------------------------------------------------

@@ -34,13 +34,13 @@ from llmrelay.api.openai import resolved_headers
 from llmrelay.api.streaming import (
     DisconnectWatcher,
     StreamEncoder,
-    relay,
+    stream,
     uncancel_if_client_gone,
 )
 from llmrelay.core.catalogue import Catalogue, ModelEntry
 from llmrelay.core.errors import GatewayError, NotFound
 from llmrelay.core.exchange import Exchange, new_request_id
-from llmrelay.core.pipeline import Gateway, OpenedStream
+from llmrelay.core.pipeline import Gateway
 from llmrelay.core.types import ChatRequest, Completion, JSONObject, Usage
 from llmrelay.core.validate import parse_json_object
 from llmrelay.providers.base import UpstreamRequest
@@ -193,37 +193,21 @@ async def _stream(
     send: Send,
     watcher: DisconnectWatcher,
 ) -> None:
-    gateway = dialect.gateway
-    try:
-        opened = await gateway.open_stream(exchange, chat)
-    except GatewayError as error:
-        gateway.fail(exchange, error)
-        await dialect.send_error(send, error, exchange)
-        return
-    try:
-        await _relay(dialect, exchange, chat, opened, send, watcher)
-    finally:
-        await gateway.close_stream(exchange, opened)
-
-
-async def _relay(
-    dialect: Dialect,
-    exchange: Exchange,
-    chat: ChatRequest,
-    opened: OpenedStream,
-    send: Send,
-    watcher: DisconnectWatcher,
-) -> None:
     encoder = dialect.encoder(exchange, chat)
-    await relay(
+
+    async def send_error(error: GatewayError) -> None:
+        await dialect.send_error(send, error, exchange)
+
+    await stream(
         dialect.gateway,
         exchange,
-        opened,
+        chat,
         send,
         watcher,
         encoder,
         dialect.keepalive,
-        encoder.headers + dialect.headers(exchange),
+        lambda: encoder.headers + dialect.headers(exchange),
+        send_error,
     )
 
 

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from llmrelay.accounting.credits import reservation_estimate
 from llmrelay.accounting.keys import CachedKey, KeyService
@@ -49,20 +49,26 @@ _RETRY_BASE_SECONDS = 0.05
 
 @dataclass(slots=True)
 class OpenedStream:
-    """A stream the gateway may commit to.
+    """A stream that has sent its first chunks.
 
-    ``chunks`` yields batches of chunks (one per upstream read, see ``Provider.stream_batches``).
-    ``first`` is its first batch when it came within ``keepalive_seconds``; otherwise ``waiting``
-    is true and the first batch is still to come (``pending_first``, or simply the next item of
-    ``chunks``). ``ended`` means the upstream finished without sending a single chunk.
+    ``chunks`` yields the batches after ``first`` (one per upstream read, see
+    ``Provider.stream_batches``); ``ended`` means the upstream finished without sending a single
+    chunk (``first`` is then None).
     """
 
     chunks: AsyncIterator[Sequence[Chunk]]
     provider: Provider
     first: Sequence[Chunk] | None = None
-    pending_first: asyncio.Future[Sequence[Chunk]] | None = None
-    waiting: bool = False
     ended: bool = False
+
+
+class StreamLine(Protocol):
+    """The client's side of a stream, as far as the pipeline must know it."""
+
+    @property
+    def committed(self) -> bool:
+        """Whether the client was already sent the response's start (a keep-alive went out while
+        the first chunk was awaited): a failure is then the stream's, never retried elsewhere."""
 
 
 class Gateway:
@@ -188,23 +194,31 @@ class Gateway:
             raise
 
     async def open_stream(
-        self, exchange: Exchange, request: ChatRequest, *, raw_chunks: bool = False
+        self,
+        exchange: Exchange,
+        request: ChatRequest,
+        *,
+        line: StreamLine | None = None,
+        raw_chunks: bool = False,
     ) -> OpenedStream:
-        """Call upstream until one answers; waits for the first chunk at most keepalive_seconds.
+        """Call upstream until one answers with its first chunk.
 
-        Retries and fallbacks happen only here, before anything was sent to the client.
+        Retries and fallbacks happen only here, and only while ``line`` is not committed: the
+        caller commits the response on its own keep-alive timer when the first chunk is slow (the
+        commit rule, ``api/streaming.StreamWriter``), and from then on a failure is final.
         ``raw_chunks``: the caller takes ``RawChunk`` items (see ``UpstreamRequest``).
         """
         await self._charge(exchange, request)
-        opened = await self._open_stream(exchange, request, raw_chunks)
-        self.observer.stream_opened(exchange)
-        return opened
+        return await self._open_stream(exchange, request, line, raw_chunks)
 
     async def _open_stream(
-        self, exchange: Exchange, request: ChatRequest, raw_chunks: bool
+        self,
+        exchange: Exchange,
+        request: ChatRequest,
+        line: StreamLine | None,
+        raw_chunks: bool,
     ) -> OpenedStream:
         failures: list[tuple[str, UpstreamError]] = []
-        keepalive = self.settings.keepalive_seconds
         for model in self._attempt_models(exchange):
             provider = self._provider(model)
             call = UpstreamRequest(request, model, exchange.id, raw_chunks)
@@ -212,30 +226,26 @@ class Gateway:
                 exchange.model = model
                 self.observer.attempt_started(exchange, model)
                 chunks = provider.stream_batches(call)
-                pending = asyncio.ensure_future(anext(chunks))
                 try:
-                    done, _ = await asyncio.wait((pending,), timeout=keepalive)
-                except asyncio.CancelledError:
-                    pending.cancel()
-                    await _close_quietly(chunks)
-                    raise
-                if not done:
-                    return self._opened(exchange, provider, chunks, None, pending)
-                try:
-                    first = pending.result()
+                    # Awaited here, in the request's own task: no task or timer per stream for
+                    # the wait (the keep-alive is the line's timer).
+                    first = await anext(chunks)
                 except StopAsyncIteration:
                     return OpenedStream(chunks, provider, ended=True)
                 except UpstreamError as exc:
                     self.observer.attempt_failed(exchange, model, exc)
                     await _close_quietly(chunks)
-                    if not exc.is_retryable:
+                    if not exc.is_retryable or (line is not None and line.committed):
                         raise
                     failures.append((model.id, exc))
                     if attempt == 0 and _retry_same_model(exc):
                         await asyncio.sleep(_RETRY_BASE_SECONDS * (1 + random.random()))
                         continue
                     break
-                return self._opened(exchange, provider, chunks, first, None)
+                except asyncio.CancelledError:
+                    await _close_quietly(chunks)
+                    raise
+                return self._opened(exchange, provider, chunks, first)
         raise _exhausted(failures)
 
     def _opened(
@@ -243,27 +253,21 @@ class Gateway:
         exchange: Exchange,
         provider: Provider,
         chunks: AsyncIterator[Sequence[Chunk]],
-        first: Sequence[Chunk] | None,
-        pending: asyncio.Future[Sequence[Chunk]] | None,
+        first: Sequence[Chunk],
     ) -> OpenedStream:
         if provider.capabilities.supports_cancellation:
-            return OpenedStream(chunks, provider, first, pending, waiting=pending is not None)
+            return OpenedStream(chunks, provider, first)
         # The upstream keeps billing after a disconnect: read it from a task the client's
         # cancellation cannot reach, so the answer can be drained and billed whole.
-        shielded = ShieldedStream(
-            chunks, pending, exchange, self._finish_drained, DRAIN_TIMEOUT_SECONDS
-        )
+        shielded = ShieldedStream(chunks, exchange, self._finish_drained, DRAIN_TIMEOUT_SECONDS)
         self._track(shielded.task)
-        return OpenedStream(shielded, provider, first, waiting=pending is not None)
+        return OpenedStream(shielded, provider, first)
 
     def _finish_drained(self, exchange: Exchange) -> None:
         self.finish(exchange, force=True)
 
     async def close_stream(self, exchange: Exchange, opened: OpenedStream) -> None:
         """End the upstream side: abort it, or for a provider that cannot cancel, drain it."""
-        self.observer.stream_closed(exchange)
-        if opened.pending_first is not None and not opened.pending_first.done():
-            opened.pending_first.cancel()
         if exchange.client_gone and isinstance(opened.chunks, ShieldedStream):
             opened.chunks.detach()
             return

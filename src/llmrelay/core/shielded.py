@@ -28,13 +28,11 @@ class ShieldedStream:
     def __init__(
         self,
         chunks: AsyncIterator[Sequence[Chunk]],
-        first: asyncio.Future[Sequence[Chunk]] | None,
         exchange: Exchange,
         on_drained: Callable[[Exchange], None],
         drain_seconds: float,
     ) -> None:
         self._chunks = chunks
-        self._first = first
         self._exchange = exchange
         self._on_drained = on_drained
         self._drain_seconds = drain_seconds
@@ -78,12 +76,6 @@ class ShieldedStream:
 
     async def _pump(self) -> None:
         try:
-            if self._first is not None:
-                try:
-                    await self._deliver(await self._first)
-                except StopAsyncIteration:
-                    await self._deliver(_END)
-                    return
             async for batch in self._chunks:
                 await self._deliver(batch)
             await self._deliver(_END)
