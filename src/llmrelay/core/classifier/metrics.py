@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 CHAT = "chat"
+REASONING = "reasoning"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,10 @@ or from your own labels, a JSONL file of ``{"text": ..., "basket": ...}`` object
 
 Steps: measure the rules on the training labels and keep the precise ones; k-fold
 cross-validation on the training data, repeated with a few fold assignments, gives
-out-of-fold predictions, from which the probability temperature and the chat offset are
-fitted; the shipped model is the average of all the fold models, written out with a
-manifest. The test split is never used for any
-of this; it is only scored at the end, for the manifest.
+out-of-fold predictions, from which the probability temperature and the chat and
+reasoning offsets are fitted; the shipped model is the average of all the fold models,
+written out with a manifest. The test split is never used for any of this; it is only
+scored at the end, for the manifest.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from llmrelay.core.classifier.data import (
     split_seed,
 )
 from llmrelay.core.classifier.features import FeatureVector, extract
-from llmrelay.core.classifier.metrics import CHAT, report
+from llmrelay.core.classifier.metrics import CHAT, REASONING, report
 from llmrelay.core.classifier.model import FORMAT, MANIFEST_FILE, WEIGHTS_FILE, LinearModel, softmax
 from llmrelay.core.classifier.rules import RULES, first_match
 from llmrelay.core.classifier.window import clip
@@ -72,7 +72,7 @@ class TrainConfig:
     # Sample weight ~ (source size) ** -source_balance, so that big templated sources
     # (HumanEval, GSM8K) do not dominate the vocabulary.
     source_balance: float = 0.5
-    # Largest acceptable out-of-fold under-routing when choosing the chat offset. The
+    # Largest acceptable out-of-fold under-routing when choosing the offsets. The
     # target is 0.02 on unseen data; 0.015 leaves a margin for the generalisation gap
     # (nested cross-validation on ``train`` runs about 0.002-0.004 above this cap).
     max_under_routing: float = 0.015
@@ -82,7 +82,7 @@ class TrainConfig:
     # Cross-validation is run this many times with different fold assignments (seeds
     # ``seed``, ``seed + 1``, ...): the shipped model averages all ``folds * repeats`` fold
     # models, and calibration uses each example's out-of-fold logits averaged over repeats.
-    repeats: int = 3
+    repeats: int = 5
     seed: int = 20250601
 
 
@@ -353,27 +353,41 @@ def choose_offsets(
     temperature: float,
     config: TrainConfig,
 ) -> list[float]:
-    """Chat offset: the best out-of-fold macro-F1 among those meeting the under-routing cap.
+    """Chat and reasoning offsets: the best out-of-fold macro-F1 meeting the under-routing cap.
 
-    If no offset meets the cap, the one with the least under-routing wins. Only ``chat``
-    gets an offset; for label sets without ``chat`` all offsets stay 0.
+    The chat offset (0 to -3) trades chat recall for less under-routing; the reasoning
+    offset (-0.5 to +0.5) then moves the chat/reasoning boundary apart from the chat/code
+    one, so that each gets the shift it needs. If no pair meets the cap, the one with the
+    least under-routing wins. Code stays at 0 (only differences between offsets matter).
+    For label sets without ``chat`` all offsets stay 0; without ``reasoning`` only the chat
+    offset is searched.
     """
     zero = [0.0] * len(classes)
     if CHAT not in classes:
         return zero
     chat = classes.index(CHAT)
-    best_key: tuple[bool, float, int] | None = None
+    reasoning = classes.index(REASONING) if REASONING in classes else None
+    reasoning_steps = range(-5, 6) if reasoning is not None else range(1)
+    best_key: tuple[bool, float, int, int] | None = None
     best = zero
     for step in range(31):
-        offsets = list(zero)
-        offsets[chat] = -0.1 * step
-        result = report(truth, decisions(oof, classes, temperature, offsets), classes)
-        meets = result.under_routing <= config.max_under_routing
-        # Meeting the cap first, then macro-F1 (or, failing the cap, low under-routing),
-        # then the smallest shift.
-        key = (meets, result.macro_f1 if meets else -result.under_routing, -step)
-        if best_key is None or key > best_key:
-            best_key, best = key, offsets
+        for reasoning_step in reasoning_steps:
+            offsets = list(zero)
+            offsets[chat] = -0.1 * step
+            if reasoning is not None:
+                offsets[reasoning] = 0.1 * reasoning_step
+            result = report(truth, decisions(oof, classes, temperature, offsets), classes)
+            meets = result.under_routing <= config.max_under_routing
+            # Meeting the cap first, then macro-F1 (or, failing the cap, low
+            # under-routing), then the smallest shifts.
+            key = (
+                meets,
+                result.macro_f1 if meets else -result.under_routing,
+                -step,
+                -abs(reasoning_step),
+            )
+            if best_key is None or key > best_key:
+                best_key, best = key, offsets
     return best
 
 
@@ -459,11 +473,11 @@ def train(
     """Fit a model on ``examples``.
 
     With ``run_cv`` the model is the average of the ``folds * repeats`` cross-validation
-    fold models, and the temperature and chat offset are those fitted on their out-of-fold
+    fold models, and the temperature and offsets are those fitted on their out-of-fold
     predictions (averaged over the repeats). Shipping
     the fold models' average rather than a refit on all the data keeps that calibration
     valid: a refit sees more data for as many epochs and produces larger logits, which
-    weakens the offset (nested cross-validation on ``train`` also scored the average a
+    weakens the offsets (nested cross-validation on ``train`` also scored the average a
     little higher). Without cross-validation (or with too few examples for it) the model is
     fitted on all examples, with temperature 1 and no offset.
     """
@@ -623,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=TrainConfig().max_under_routing,
         help="cap on cross-validated under-routing (code/reasoning sent to chat) used to pick "
-        "the chat penalty",
+        "the chat and reasoning offsets",
     )
     parser.add_argument("--no-cv", action="store_true", help="skip cross-validation")
     parser.add_argument(
