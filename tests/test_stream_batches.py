@@ -86,21 +86,36 @@ async def _batches(reads: list[bytes]) -> tuple[list[list[str]], BaseException |
     return texts, failure
 
 
-async def test_the_events_of_one_read_are_one_batch() -> None:
+async def test_the_events_of_one_read_are_one_batch_after_the_first_chunk_alone() -> None:
     reads = [
         _event(_chunk("a")) + _event(_chunk("b")) + _event(_chunk("c")),
-        _event(_chunk("d")),
+        _event(_chunk("d")) + _event(_chunk("e")),
         _event(b"[DONE]"),
     ]
     texts, failure = await _batches(reads)
     assert failure is None
-    assert texts == [["a", "b", "c"], ["d"]]
+    # The stream's first chunk comes alone, ahead of the parsing of the rest of its read.
+    assert texts == [["a"], ["b", "c"], ["d", "e"]]
+
+
+async def test_the_first_chunk_is_alone_even_after_events_that_carry_none() -> None:
+    empty = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    reads = [
+        b": comment\n\n"
+        + _event({**empty, "choices": []})
+        + _event(_chunk("a"))
+        + _event(_chunk("b")),
+        _event(b"[DONE]"),
+    ]
+    texts, failure = await _batches(reads)
+    assert failure is None
+    assert texts == [["a"], ["b"]]
 
 
 async def test_the_chunks_before_a_failing_event_of_the_same_read_go_out_first() -> None:
-    reads = [_event(_chunk("a")) + _event(_chunk("b")) + _event(ERROR)]
+    reads = [_event(_chunk("a")) + _event(_chunk("b")) + _event(_chunk("c")) + _event(ERROR)]
     texts, failure = await _batches(reads)
-    assert texts == [["a", "b"]]
+    assert texts == [["a"], ["b", "c"]]
     assert isinstance(failure, UpstreamStatusError)
     assert "overloaded" in failure.message
 

@@ -4,7 +4,9 @@ A provider receives the canonical (OpenAI-shaped) request and answers canonical 
 chunks. It translates its wire format at its edge and its failures into the error tree at exactly
 one place. ``stream_batches`` is an async generator of chunk *batches*, one batch per upstream read
 that produced any (a fast model or a burst after a pause puts many events in one read, and the
-gateway then relays them in one write to its client). Its first ``__anext__`` makes the upstream
+gateway then relays them in one write to its client); a provider may yield the stream's first chunk
+alone, ahead of the rest of its read, so that the first token does not wait for the parsing of the
+rest. Its first ``__anext__`` makes the upstream
 call, so an error known before the first chunk (a 429, an error-first stream) surfaces there,
 before the gateway commits its response; an error after some chunks of a read is raised after
 those chunks were yielded; ``aclose()`` closes the upstream connection at once. ``stream`` is the

@@ -108,10 +108,24 @@ class OpenAIProvider(Provider):
             decoder = SSEDecoder()
             plain = PlainChunks() if call.raw_chunks else None
             finished = False
+            started = False
             batch: list[Chunk] = []
             try:
                 async for raw in response.iter_chunks():
-                    finished = self._collect(decoder.feed(raw), batch, plain) or finished
+                    events = decoder.feed(raw)
+                    if not started:
+                        # The stream's first chunk goes out alone, before the rest of its read
+                        # is parsed: a fast upstream's first read may hold the whole answer.
+                        at = 0
+                        while not batch and at < len(events):
+                            finished = self._collect(events[at : at + 1], batch, plain) or finished
+                            at += 1
+                        if batch:
+                            started = True
+                            yield batch
+                            batch = []
+                        events = events[at:]
+                    finished = self._collect(events, batch, plain) or finished
                     if batch:
                         yield batch
                         batch = []
