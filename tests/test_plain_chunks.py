@@ -16,12 +16,11 @@ from llmrelay.api.openai import ChunkEncoder
 from llmrelay.api.streaming import encode_batch
 from llmrelay.config import ModelConfig, ProviderConfig
 from llmrelay.core.catalogue import ModelEntry
-from llmrelay.core.chunks import Chunk, PlainChunks, RawChunk, string_chars
+from llmrelay.core.chunks import PlainChunks, RawChunk, string_chars
 from llmrelay.core.errors import UpstreamProtocolError
 from llmrelay.core.exchange import Exchange
-from llmrelay.core.sse import SSEDecoder
 from llmrelay.core.types import Usage
-from llmrelay.providers.openai import OpenAIProvider
+from llmrelay.providers.openai import OpenAIProvider, _Events
 
 MODEL = ModelEntry.from_config(ModelConfig(id="up/gpt", provider="up", upstream="gpt"))
 USAGE = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
@@ -57,37 +56,48 @@ def text(content: str, **fields: Any) -> dict[str, Any]:
     return chunk({"content": content}, **fields)
 
 
-def events(*chunks: dict[str, Any] | bytes, ascii_escapes: bool = False) -> bytes:
+def events(
+    *chunks: dict[str, Any] | bytes,
+    ascii_escapes: bool = False,
+    newline: bytes = b"\n",
+    field: bytes = b"data: ",
+    extra_lines: bool = False,
+) -> bytes:
+    """An SSE stream of ``chunks`` then ``[DONE]``; ``extra_lines`` puts a comment or an ``id:``
+    line in every other event."""
     out = b""
-    for item in chunks:
+    for n, item in enumerate((*chunks, b"[DONE]")):
         if isinstance(item, bytes):
             data = item
         elif ascii_escapes:  # Python's json escapes every non-ASCII character
             data = json.dumps(item, separators=(",", ":")).encode()
         else:
             data = orjson.dumps(item)
-        out += b"data: " + data + b"\n\n"
-    return out + b"data: [DONE]\n\n"
+        if extra_lines and n % 2:
+            out += (b": keep-alive" if n % 4 == 1 else b"id: %d" % n) + newline
+        out += field + data + newline + newline
+    return out
 
 
 def relay(stream: bytes, *, raw: bool, reads: int = 1, include_usage: bool = True) -> Any:
-    """``stream`` through the provider's event parsing and the OpenAI surface's encoder: the
-    client's events (parsed), the exchange's metering, and how many chunks went as bytes."""
+    """``stream``, cut into ``reads`` reads, through the provider's reading of a stream and the
+    OpenAI surface's encoder: the client's events (parsed), the exchange's metering, and how
+    many chunks went as bytes."""
     provider = _provider()
     exchange = _exchange()
     encoder = ChunkEncoder(exchange, include_usage)
-    decoder = SSEDecoder()
-    plain = PlainChunks() if raw else None
+    reader = _Events(provider, PlainChunks() if raw else None)
     size = max(1, len(stream) // reads)
     out = b""
     as_bytes = 0
-    pieces = [stream[i : i + size] for i in range(0, len(stream), size)]
-    for events_ in [decoder.feed(piece) for piece in pieces] + [decoder.close()]:
-        batch: list[Chunk] = []
-        provider._collect(events_, batch, plain)
-        as_bytes += sum(isinstance(item, RawChunk) for item in batch)
-        if batch:
-            out += encode_batch(exchange, encoder, batch)
+    batches = [
+        batch for i in range(0, len(stream), size) for batch in reader.read(stream[i : i + size])
+    ]
+    batches += list(reader.end())
+    assert reader.finished
+    for batch in batches:
+        as_bytes += sum(len(item) for item in batch if isinstance(item, RawChunk))
+        out += encode_batch(exchange, encoder, batch)
     usage, estimated = exchange.usage or Usage(), exchange.usage is None
     out += encoder.close(usage)
     assert out.endswith(b"data: [DONE]\n\n")
@@ -173,6 +183,15 @@ def test_other_layouts_still_relay_the_same(variant: dict[str, Any]) -> None:
     assert_same(stream)
 
 
+def test_a_chunk_that_differs_only_after_its_text_is_not_taken_for_the_shape() -> None:
+    # Same prefix, a suffix of the same length but other bytes: it must not pass for the shape.
+    other = text("b")
+    other["choices"][0]["logprobs"] = True
+    stream = events(text("a"), text("x"), other, text("c"))
+    assert assert_same(stream) == 4  # `other` is plain too, of a shape of its own
+    assert relay(stream, raw=True)[0][2]["choices"][0]["logprobs"] is True
+
+
 def test_layouts_that_are_not_plain_take_the_parsed_path() -> None:
     two_choices = text("x")
     two_choices["choices"].append({"index": 1, "content_filter_results": {}})
@@ -241,7 +260,14 @@ def streams(draw: st.DrawFn) -> tuple[bytes, int]:
     items.append({**chunk(), "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     if draw(st.booleans()):
         items.append({**chunk(), "choices": [], "usage": USAGE})
-    return events(*items, ascii_escapes=draw(st.booleans())), draw(st.integers(1, 7))
+    stream = events(
+        *items,
+        ascii_escapes=draw(st.booleans()),
+        newline=draw(st.sampled_from([b"\n", b"\n", b"\r\n"])),
+        field=draw(st.sampled_from([b"data: ", b"data: ", b"data:"])),
+        extra_lines=draw(st.booleans()),
+    )
+    return stream, draw(st.integers(1, 7))
 
 
 @settings(max_examples=300, deadline=None)

@@ -75,7 +75,7 @@ class MessageEncoder:
         return SSE_HEADERS
 
     def encode_raw(self, chunk: RawChunk) -> bytes:
-        return self.encode(chunk.parse())
+        return b"".join([self.encode(parsed) for parsed in chunk.parse_all()])
 
     def encode(self, chunk: JSONObject) -> bytes:
         out = bytearray()

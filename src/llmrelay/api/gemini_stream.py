@@ -83,7 +83,7 @@ class GenerateEncoder:
         return SSE_HEADERS if self._sse else JSON_STREAM_HEADERS
 
     def encode_raw(self, chunk: RawChunk) -> bytes:
-        return self.encode(chunk.parse())
+        return b"".join([self.encode(parsed) for parsed in chunk.parse_all()])
 
     def encode(self, chunk: JSONObject) -> bytes:
         out = []

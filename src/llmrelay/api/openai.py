@@ -44,6 +44,7 @@ class ChunkEncoder:
         "_roles_sent",
         "_shape",
         "_shape_head",
+        "_shape_sep",
         "_shape_tail",
         "_tool_calls_seen",
     )
@@ -57,17 +58,25 @@ class ChunkEncoder:
         self._tool_calls_seen: set[tuple[int, int]] = set()
         self._shape: PlainShape | None = None
         self._shape_head = b""
+        self._shape_sep = b""
         self._shape_tail = b""
 
     def encode_raw(self, chunk: RawChunk) -> bytes | None:
-        """A plain content chunk: the stream's ``id``/``object``/``created``/``model``, then the
-        upstream's own bytes after them (``core/chunks.py``); what ``encode`` would write for
-        its parse, without parsing it. The first delta of a choice goes through ``encode``,
-        which gives it the role."""
+        """Plain content chunks (``core/chunks.py``): each is the stream's ``id``/``object``/
+        ``created``/``model`` followed by the upstream's own bytes after them, which is what
+        ``encode`` would write for its parse; a run of them is one join. A choice's first delta
+        goes through ``encode``, which gives it the role."""
         shape = chunk.shape
+        texts = chunk.texts
+        tails = chunk.tails
+        first = b""
         if shape is not self._shape:
             if shape.index not in self._roles_sent:
-                return self.encode(chunk.parse())
+                first = self.encode(chunk.parse(0)) or b""
+                if len(texts) == 1:
+                    return first
+                texts = texts[1:]
+                tails = tails[1:] if tails is not None else None
             exchange = self._exchange
             model = exchange.model.id if exchange.model is not None else exchange.requested_model
             self._shape = shape
@@ -81,9 +90,13 @@ class ChunkEncoder:
                 + shape.after_head
             )
             self._shape_tail = shape.suffix_out + b"\n\n"
-        if chunk.tail:
-            return self._shape_head + chunk.text + shape.suffix_out + chunk.tail + b"\n\n"
-        return self._shape_head + chunk.text + self._shape_tail
+            self._shape_sep = self._shape_tail + self._shape_head
+        head = self._shape_head
+        if tails is None:
+            return first + head + self._shape_sep.join(texts) + self._shape_tail
+        out = shape.suffix_out
+        pairs = zip(texts, tails, strict=True)
+        return first + b"".join([head + text + out + tail + b"\n\n" for text, tail in pairs])
 
     def encode(self, chunk: JSONObject) -> bytes | None:
         choices = chunk.get("choices")

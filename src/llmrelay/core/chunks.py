@@ -14,12 +14,17 @@ hosts' layouts) takes the parsed path, so what the client receives means the sam
 
 OpenAI's ``obfuscation`` field (random padding, a new value in every chunk) may end the object;
 it is passed through, as the parsed path passes it.
+
+Consecutive plain chunks of one shape travel as one :class:`RawChunk` (a run of texts), so that
+metering and writing them cost a few operations per upstream read rather than per chunk; and
+:meth:`PlainChunks.scan` recognises them in the read's own buffer, before the SSE decoder would
+cut them out one by one.
 """
 
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, TypeAlias
+from typing import TypeAlias
 
 import orjson
 
@@ -37,7 +42,7 @@ _STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
 class PlainShape:
     """The bytes around the text of one stream's plain chunks, and what replaces them."""
 
-    __slots__ = ("after_head", "index", "obfuscated", "prefix", "suffix", "suffix_out")
+    __slots__ = ("after_head", "event", "index", "obfuscated", "prefix", "suffix", "suffix_out")
 
     def __init__(
         self,
@@ -50,6 +55,8 @@ class PlainShape:
     ) -> None:
         self.prefix = prefix
         """The upstream's bytes up to the text's opening quote (included)."""
+        self.event = b"data: " + prefix
+        """``prefix`` as an SSE event of one ``data:`` line starts."""
         self.after_head = after_head
         """``prefix`` after the upstream's ``id``/``object``/``created``/``model``, as relayed."""
         self.suffix = suffix
@@ -62,32 +69,45 @@ class PlainShape:
         self.obfuscated = obfuscated
 
 
-class RawChunk(NamedTuple):
-    """A plain content chunk in its upstream bytes: prefix + ``text`` + suffix + ``tail``.
+class RawChunk:
+    """Consecutive plain content chunks of one shape, as their texts (the JSON string bodies).
 
-    ``chars`` is the length of the decoded text (what metering counts); ``tail`` is the chunk's
-    ``obfuscation`` field and closing brace when it has one, else empty.
+    Chunk ``i`` is ``shape.prefix + texts[i] + shape.suffix`` followed by ``tails[i]`` (its
+    ``obfuscation`` field and the closing brace) when the shape has one (``tails`` is None
+    otherwise); ``chars`` is the length of all the decoded texts (what metering counts).
     """
 
-    data: bytes
-    shape: PlainShape
-    text: bytes
-    tail: bytes
-    chars: int
+    __slots__ = ("chars", "shape", "tails", "texts")
 
-    def parse(self) -> JSONObject:
-        """The canonical chunk, for a consumer that needs the dict (usage dropped, as metered)."""
-        chunk: JSONObject = orjson.loads(self.data)
+    def __init__(self, shape: PlainShape) -> None:
+        self.shape = shape
+        self.texts: list[bytes] = []
+        self.tails: list[bytes] | None = [] if shape.obfuscated else None
+        self.chars = 0
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def data(self, i: int) -> bytes:
+        """Chunk ``i``'s upstream bytes."""
+        shape = self.shape
+        tail = self.tails[i] if self.tails is not None else b""
+        return shape.prefix + self.texts[i] + shape.suffix + tail
+
+    def parse(self, i: int) -> JSONObject:
+        """Chunk ``i`` as the canonical dict, for a consumer that needs it (usage dropped, as
+        metering drops it)."""
+        chunk: JSONObject = orjson.loads(self.data(i))
         chunk.pop("usage", None)
         return chunk
 
-
-_new_raw = tuple.__new__
+    def parse_all(self) -> list[JSONObject]:
+        return [self.parse(i) for i in range(len(self.texts))]
 
 
 Chunk: TypeAlias = JSONObject | RawChunk
-"""What a provider's stream yields: a chunk dict, or a plain chunk kept as bytes (only to a caller
-that asked for them, see ``UpstreamRequest.raw_chunks``)."""
+"""What a provider's stream yields: a chunk dict, or a run of plain chunks kept as bytes (only to a
+caller that asked for them, see ``UpstreamRequest.raw_chunks``)."""
 
 
 def string_chars(body: bytes) -> int | None:
@@ -108,46 +128,98 @@ def string_chars(body: bytes) -> int | None:
 
 
 class PlainChunks:
-    """One stream's recogniser: :meth:`match` before parsing an event, :meth:`learn` after."""
+    """One stream's recogniser: :meth:`scan` a read's buffer, :meth:`add` an event before parsing
+    it, :meth:`learn` from one after. Each appends what it recognises to a batch, extending the
+    batch's last ``RawChunk`` when it has the same shape."""
 
     __slots__ = ("_shape",)
 
     def __init__(self) -> None:
         self._shape: PlainShape | None = None
 
-    def match(self, data: bytes) -> RawChunk | None:
-        """``data`` as a plain chunk of the known shape, without parsing it; else None."""
+    def add(self, data: bytes, batch: list[Chunk]) -> bool:
+        """Append ``data`` (an event's data) if it is a plain chunk of the known shape, without
+        parsing it; whether it was."""
         shape = self._shape
         if shape is None or not data.startswith(shape.prefix):
-            return None
+            return False
         end = len(data)
         tail = b""
         if shape.obfuscated:
             cut = data.rfind(_OBFUSCATION)
             if cut == -1 or not data.endswith(b'"}') or _UNSAFE.search(data, cut + 16, end - 2):
-                return None
+                return False
             tail = data[cut:]
             if not tail.isascii():
-                return None
+                return False
             end = cut
         start = len(shape.prefix)
         stop = end - len(shape.suffix)
         if stop < start or not data.startswith(shape.suffix, stop):
-            return None
+            return False
         text = data[start:stop]
         chars = string_chars(text)
         if chars is None:
-            return None
-        return _new_raw(RawChunk, (data, shape, text, tail, chars))
+            return False
+        run = _run(batch, shape)
+        run.texts.append(text)
+        if run.tails is not None:
+            run.tails.append(tail)
+        run.chars += chars
+        return True
 
-    def learn(self, data: bytes, chunk: JSONObject) -> RawChunk | None:
-        """After ``data`` was parsed (and checked) into ``chunk``: if it is a plain chunk, remember
-        its shape and return it as one; else None."""
+    def scan(self, buf: bytes, pos: int, batch: list[Chunk]) -> int:
+        """Append the plain chunks of the known shape that ``buf`` holds from ``pos`` on, as
+        complete one-line ``data:`` events, up to the first event that is not one; where that
+        event starts. ``pos`` must be where a line starts, with nothing pending before it."""
+        shape = self._shape
+        if shape is None:
+            return pos
+        event = shape.event
+        head = len(event)
+        suffix = shape.suffix
+        run: RawChunk | None = None
+        while buf.startswith(event, pos):
+            end = buf.find(b"\n\n", pos + head)
+            if end == -1:
+                break
+            if shape.obfuscated:
+                if not self.add(buf[pos + 6 : end], batch):
+                    break
+            else:
+                stop = end - len(suffix)
+                if stop < pos + head or not buf.startswith(suffix, stop):
+                    break
+                text = buf[pos + head : stop]
+                chars = string_chars(text)
+                if chars is None:
+                    break
+                if run is None:
+                    run = _run(batch, shape)
+                run.texts.append(text)
+                run.chars += chars
+            pos = end + 2
+        return pos
+
+    def learn(self, data: bytes, chunk: JSONObject, batch: list[Chunk]) -> bool:
+        """After ``data`` was parsed (and checked) into ``chunk``: if it is a plain chunk,
+        remember its shape and append it; whether it was."""
         shape = _shape_of(data, chunk)
         if shape is None:
-            return None
+            return False
         self._shape = shape
-        return self.match(data)
+        return self.add(data, batch)
+
+
+def _run(batch: list[Chunk], shape: PlainShape) -> RawChunk:
+    """The batch's last item if it is a run of ``shape``, else a new one appended."""
+    if batch:
+        last = batch[-1]
+        if type(last) is RawChunk and last.shape is shape:
+            return last
+    run = RawChunk(shape)
+    batch.append(run)
+    return run
 
 
 def _shape_of(data: bytes, chunk: JSONObject) -> PlainShape | None:

@@ -40,6 +40,11 @@ class SSEDecoder:
         self._max_line = max_line_bytes
         self.last_event_id: str | None = None
 
+    @property
+    def idle(self) -> bool:
+        """Nothing pending: the next byte fed starts a line of a new event."""
+        return not self._buf and not self._data and self._event is None and not self._skip_lf
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         events: list[SSEEvent] = []
         if not chunk:

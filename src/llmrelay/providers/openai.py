@@ -9,7 +9,7 @@ bytes, unparsed (``core/chunks.py``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from email.utils import parsedate_to_datetime
 from time import time
 from typing import Any
@@ -105,39 +105,18 @@ class OpenAIProvider(Provider):
         try:
             if response.status != 200:
                 raise await self._status_error(response)
-            decoder = SSEDecoder()
-            plain = PlainChunks() if call.raw_chunks else None
-            finished = False
-            started = False
-            batch: list[Chunk] = []
+            events = _Events(self, PlainChunks() if call.raw_chunks else None)
             try:
                 async for raw in response.iter_chunks():
-                    events = decoder.feed(raw)
-                    if not started:
-                        # The stream's first chunk goes out alone, before the rest of its read
-                        # is parsed: a fast upstream's first read may hold the whole answer.
-                        at = 0
-                        while not batch and at < len(events):
-                            finished = self._collect(events[at : at + 1], batch, plain) or finished
-                            at += 1
-                        if batch:
-                            started = True
-                            yield batch
-                            batch = []
-                        events = events[at:]
-                    finished = self._collect(events, batch, plain) or finished
-                    if batch:
+                    for batch in events.read(raw):
                         yield batch
-                        batch = []
-                finished = self._collect(decoder.close(), batch, plain) or finished
-                if batch:
+                for batch in events.end():
                     yield batch
-                    batch = []
             except UpstreamError:
-                if batch:
-                    yield batch  # the chunks read before the failing event go out first
+                if events.batch:
+                    yield events.batch  # the chunks read before the failing event go out first
                 raise
-            if not finished:
+            if not events.finished:
                 raise UpstreamProtocolError(
                     f"provider {self.name!r} ended the stream without [DONE]", provider=self.name
                 )
@@ -158,20 +137,14 @@ class OpenAIProvider(Provider):
         finished = False
         for event in events:
             data = event.data
-            if plain is not None:
-                raw = plain.match(data)
-                if raw is not None:
-                    batch.append(raw)
-                    continue
+            if plain is not None and plain.add(data, batch):
+                continue
             chunk = self._load_event(data)
             if chunk is None:
                 finished = True
                 continue
-            if plain is not None:
-                raw = plain.learn(data, chunk)
-                if raw is not None:
-                    batch.append(raw)
-                    continue
+            if plain is not None and plain.learn(data, chunk, batch):
+                continue
             chunk = self._normalise(chunk)
             if chunk:
                 batch.append(chunk)
@@ -241,6 +214,74 @@ class OpenAIProvider(Provider):
                 retry_after=retry_after,
             )
         return _error_from_payload(payload, self.name, response.status, retry_after)
+
+
+class _Events:
+    """One stream's reads → batches of chunks: one batch per read, except that the stream's first
+    chunk is yielded alone, before the rest of its read is parsed (a fast upstream's first read
+    may hold the whole answer, and the first token must not wait for it).
+
+    With ``plain`` (the caller takes raw chunks), a read the decoder has nothing pending for is
+    walked event by event in its own buffer: plain chunks of a known shape are recognised in
+    place (``PlainChunks.scan``), any other event is decoded and parsed on its own."""
+
+    __slots__ = ("_decoder", "_plain", "_provider", "_started", "batch", "finished")
+
+    def __init__(self, provider: OpenAIProvider, plain: PlainChunks | None) -> None:
+        self._provider = provider
+        self._plain = plain
+        self._decoder = SSEDecoder()
+        self._started = False
+        self.batch: list[Chunk] = []
+        self.finished = False
+
+    def read(self, raw: bytes) -> Iterator[list[Chunk]]:
+        plain = self._plain
+        if plain is not None and self._decoder.idle and b"\r" not in raw:
+            yield from self._read_in_place(raw, plain)
+            return
+        events = self._decoder.feed(raw)
+        if not self._started:
+            at = 0
+            while not self.batch and at < len(events):
+                self._collect(events[at : at + 1])
+                at += 1
+            yield from self._flush()
+            events = events[at:]
+        self._collect(events)
+        yield from self._flush()
+
+    def _read_in_place(self, raw: bytes, plain: PlainChunks) -> Iterator[list[Chunk]]:
+        decoder = self._decoder
+        pos, size = 0, len(raw)
+        while pos < size:
+            if self._started:
+                pos = plain.scan(raw, pos, self.batch)
+                if pos >= size:
+                    break
+            end = raw.find(b"\n\n", pos)
+            if end == -1:
+                self._collect(decoder.feed(raw[pos:]))  # the start of an event: kept pending
+                break
+            self._collect(decoder.feed(raw[pos : end + 2]))
+            pos = end + 2
+            if not self._started:
+                yield from self._flush()
+        yield from self._flush()
+
+    def end(self) -> Iterator[list[Chunk]]:
+        self._collect(self._decoder.close())
+        yield from self._flush()
+
+    def _flush(self) -> Iterator[list[Chunk]]:
+        if self.batch:
+            batch, self.batch = self.batch, []
+            self._started = True
+            yield batch
+
+    def _collect(self, events: list[SSEEvent]) -> None:
+        if self._provider._collect(events, self.batch, self._plain):
+            self.finished = True
 
 
 class AzureOpenAIProvider(OpenAIProvider):
