@@ -57,7 +57,7 @@ class UpstreamResponse:
         self._provider = provider
         self.status = conn.status
         self.headers: Mapping[str, str] = headers
-        self._decoder = Decoder.for_headers(headers) if "content-encoding" in headers else None
+        self._decoder = Decoder.for_headers(headers)
 
     @property
     def content_type(self) -> str:

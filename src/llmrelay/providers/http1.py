@@ -186,12 +186,6 @@ class Connection(asyncio.Protocol):
             return
         self._fail(Disconnected(self.received_any))
 
-    def pause_writing(self) -> None:
-        pass  # a request body is written whole; the transport buffers what the socket refuses
-
-    def resume_writing(self) -> None:
-        pass
-
     # -- httptools callbacks --------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
