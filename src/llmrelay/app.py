@@ -20,6 +20,7 @@ from llmrelay.accounting.store import SqlStore
 from llmrelay.api.admin import AdminSurface
 from llmrelay.api.anthropic import AnthropicSurface
 from llmrelay.api.asgi import (
+    BodyDeadlines,
     Receive,
     Request,
     Scope,
@@ -117,6 +118,7 @@ class App:
             "GET": gemini.get_model,
         }
         self.dashboard = Dashboard(self.gateway)
+        self._body_deadlines = BodyDeadlines()
         self.started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -140,7 +142,7 @@ class App:
             # The model name may contain "/" and ends in ":action": no table can hold it.
             params["target"] = path.partition("/models/")[2]
             methods = self._gemini_routes
-        request = Request(scope, receive, params)
+        request = Request(scope, receive, params, self._body_deadlines)
         if methods is None and (path == "/ui" or path.startswith("/ui/")):
             await self.dashboard(request, send)
             return

@@ -35,15 +35,76 @@ class ClientDisconnected(Exception):
     """The client went away before the request body was complete."""
 
 
+class BodyDeadlines:
+    """The time limits of the body reads in progress, kept by one timer for all of them.
+
+    A timer per read (``asyncio.timeout``, or even a bare ``call_later``) cost 3-6 µs a request
+    on uvloop, nearly all of it arming and cancelling a timer that almost never fires: a body
+    usually arrives with its headers. Here a read only enters and leaves a dict; the one timer
+    is due at the earliest deadline and, when it fires, cancels the reads past theirs.
+    """
+
+    __slots__ = ("_expired", "_pending", "_timer", "_timer_at")
+
+    def __init__(self) -> None:
+        self._pending: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def add(self, task: asyncio.Task[Any], time_limit: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + time_limit
+        self._pending[task] = deadline
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(loop, deadline)
+
+    def discard(self, task: asyncio.Task[Any]) -> None:
+        """The read ended (however it ended)."""
+        if self._pending.pop(task, None) is None:
+            self._expired.discard(task)
+
+    def expired(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the read's deadline cancelled the task."""
+        return task in self._expired
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._fire, loop)
+        self._timer_at = when
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        earliest = None
+        for task, deadline in list(self._pending.items()):
+            if deadline <= now:
+                del self._pending[task]
+                self._expired.add(task)
+                task.cancel()
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None:
+            self._arm(loop, earliest)
+
+
 class Request:
     """What a handler needs of the ASGI scope, decoded lazily."""
 
-    __slots__ = ("_headers", "_query", "path_params", "receive", "scope")
+    __slots__ = ("_deadlines", "_headers", "_query", "path_params", "receive", "scope")
 
-    def __init__(self, scope: Scope, receive: Receive, path_params: dict[str, str]) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        path_params: dict[str, str],
+        deadlines: BodyDeadlines | None = None,
+    ) -> None:
         self.scope = scope
         self.receive = receive
         self.path_params = path_params
+        self._deadlines = deadlines if deadlines is not None else BodyDeadlines()
         self._headers: dict[bytes, bytes] | None = None
         self._query: dict[str, str] | None = None
 
@@ -79,13 +140,21 @@ class Request:
 
     async def body(self, limit: int, time_limit: float = 30.0) -> bytes:
         """The whole body, at most ``limit`` bytes (413), within ``time_limit`` seconds (408)."""
+        task = asyncio.current_task()
+        assert task is not None
+        deadlines = self._deadlines
+        deadlines.add(task, time_limit)
         try:
-            async with asyncio.timeout(time_limit):
-                return await self._read_body(limit)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"the request body did not arrive within {time_limit:g} seconds"
-            ) from None
+            return await self._read_body(limit)
+        except asyncio.CancelledError:
+            # Ours only if nothing else cancelled the task meanwhile (as asyncio.timeout decides).
+            if deadlines.expired(task) and task.uncancel() == 0:
+                raise RequestTimeout(
+                    f"the request body did not arrive within {time_limit:g} seconds"
+                ) from None
+            raise
+        finally:
+            deadlines.discard(task)
 
     async def _read_body(self, limit: int) -> bytes:
         length = self.header(b"content-length")
