@@ -85,10 +85,13 @@ class Router:
             name: tuple(catalogue.resolve(m) for m in ((t,) if isinstance(t, str) else t))
             for name, t in config.baskets.items()
         }
+        # A named model's decision never changes: made once, not per request.
+        self._named = {model.id: RouteDecision(model) for model in catalogue}
 
     def route(self, request: ChatRequest) -> RouteDecision:
         if not self._catalogue.is_auto(request.model):
-            return RouteDecision(self._catalogue.resolve(request.model))
+            named = self._named.get(request.model)
+            return named or RouteDecision(self._catalogue.resolve(request.model))
         config = self._config
         needs = required_capabilities(request)
         if request.stream and not config.classify_streams and config.streaming_fallback:

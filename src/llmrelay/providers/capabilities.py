@@ -10,7 +10,7 @@ accept ``stream_options``, renamed fields) live here too, so a preset is a row a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
@@ -129,24 +129,23 @@ def check_request(
     request: ChatRequest, model: ModelEntry, caps: ProviderCapabilities, provider: str
 ) -> None:
     """Refuse, with a 400 naming the field and the provider, what ``provider`` cannot honour."""
+    # Runs on every request and nearly always passes: the refusal's words are built only when
+    # one is raised.
     body = request.body
-    where = f"provider {provider!r} (model {model.id!r})"
-
-    def refuse(param: str, what: str) -> UnsupportedParameter:
-        return UnsupportedParameter(f"{what} is not supported by {where}", param=param)
-
     n = body.get("n")
     if isinstance(n, int) and n > 1 and not caps.multiple_choices:
-        raise refuse("n", f"'n' = {n} (several choices)")
+        raise _refusal(provider, model, "n", f"'n' = {n} (several choices)")
     if body.get("tools") and not caps.tools:
-        raise refuse("tools", "'tools'")
+        raise _refusal(provider, model, "tools", "'tools'")
     stop = body.get("stop")
     if (
         isinstance(stop, list)
         and caps.max_stop_sequences is not None
         and len(stop) > caps.max_stop_sequences
     ):
-        raise refuse("stop", f"more than {caps.max_stop_sequences} 'stop' sequences")
+        raise _refusal(
+            provider, model, "stop", f"more than {caps.max_stop_sequences} 'stop' sequences"
+        )
     response_format = body.get("response_format")
     if isinstance(response_format, dict):
         kind = response_format.get("type")
@@ -154,19 +153,25 @@ def check_request(
             kind == "json_schema" and not caps.json_schema
         ):
             hint = " (send a json_schema instead)" if caps.json_schema else ""
-            raise refuse("response_format", f"'response_format' of type {kind!r}{hint}")
-    for name in sorted(caps.unsupported_fields):
-        value = body.get(name)
-        if value is not None and value not in _NEUTRAL.get(name, ()):
-            raise refuse(name, f"'{name}'")
-    _check_parts(request, model, caps, refuse)
+            raise _refusal(
+                provider, model, "response_format", f"'response_format' of type {kind!r}{hint}"
+            )
+    if caps.unsupported_fields:
+        for name in sorted(caps.unsupported_fields):
+            value = body.get(name)
+            if value is not None and value not in _NEUTRAL.get(name, ()):
+                raise _refusal(provider, model, name, f"'{name}'")
+    _check_parts(request, model, caps, provider)
+
+
+def _refusal(provider: str, model: ModelEntry, param: str, what: str) -> UnsupportedParameter:
+    return UnsupportedParameter(
+        f"{what} is not supported by provider {provider!r} (model {model.id!r})", param=param
+    )
 
 
 def _check_parts(
-    request: ChatRequest,
-    model: ModelEntry,
-    caps: ProviderCapabilities,
-    refuse: Callable[[str, str], UnsupportedParameter],
+    request: ChatRequest, model: ModelEntry, caps: ProviderCapabilities, provider: str
 ) -> None:
     # A catalogue entry that lists capabilities is taken at its word for media: sending audio to a
     # text-only model fails upstream anyway, and later, with a less useful message.
@@ -175,11 +180,11 @@ def _check_parts(
     audio = caps.audio_input and (not declared or "audio" in declared)
     for param, kind in iter_parts(request.messages):
         if kind == "image_url" and not vision:
-            raise refuse(param, "an image part")
+            raise _refusal(provider, model, param, "an image part")
         if kind == "input_audio" and not audio:
-            raise refuse(param, "an audio part")
+            raise _refusal(provider, model, param, "an audio part")
         if kind == "file" and not caps.documents:
-            raise refuse(param, "a file part")
+            raise _refusal(provider, model, param, "a file part")
 
 
 def iter_parts(messages: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
