@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import logging.config
 import re
 from collections.abc import Iterator
 from types import SimpleNamespace

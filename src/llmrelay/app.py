@@ -234,6 +234,7 @@ def create_app(settings: Settings, *, owns_process: bool = False) -> App:
 
 
 def app_from_environment() -> App:
-    """The factory ``llmrelay serve`` hands uvicorn (``--workers`` needs an import string)."""
+    """The application of one ``llmrelay serve --workers N`` worker, built after its fork from
+    the config the parent left in the environment (also usable as an ASGI factory elsewhere)."""
     settings = load_settings(os.environ.get("LLMRELAY_CONFIG") or None)
     return create_app(settings, owns_process=True)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -106,12 +105,16 @@ def serve(
     log_format: str,
 ) -> None:
     """Start the gateway."""
-    import uvicorn
-
-    from llmrelay.observability.logging import uvicorn_log_config
+    from llmrelay.observability.logging import configure_logging
     from llmrelay.observability.metrics import multiprocess_directory
+    from llmrelay.server import bind_socket, run
+    from llmrelay.server.workers import supervise
 
     settings = _settings(config_path)
+    try:
+        configure_logging(log_format, log_level)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--log-level") from None
 
     async def bootstrap(store: SqlStore) -> str | None:
         keys = KeyService(store)
@@ -119,41 +122,46 @@ def serve(
         return None if created is None else created.secret
 
     admin_secret = _run_with_store(settings, bootstrap)
+    # Bound before the welcome is printed: a port in use fails here, with a clear message.
+    try:
+        sock = bind_socket(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     _print_welcome(settings, host, port, admin_secret)
-    common: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "http": "httptools",
-        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
-        "log_level": log_level,
-        "log_config": uvicorn_log_config(log_format, log_level),
-        "access_log": False,
-        "lifespan": "on",
-        "backlog": 4096,
-        "timeout_graceful_shutdown": 30,
-    }
     if workers == 1:
         from llmrelay.app import create_app
 
-        app = create_app(settings, owns_process=True)
-        # uvicorn re-raises the SIGTERM/SIGINT it handled once its graceful shutdown is done, so
-        # the process would die by the signal (status 143 under a supervisor). The shutdown was
-        # clean (ledger flushed), so that re-raised signal ends the process with status 0.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, _exit_cleanly)
-        uvicorn.run(app, **common)
+        status = run(
+            lambda: create_app(settings, owns_process=True),
+            host=host,
+            port=port,
+            sock=sock,
+            graceful_seconds=GRACEFUL_SECONDS,
+        )
     else:
         if config_path is not None:
             os.environ["LLMRELAY_CONFIG"] = str(config_path.resolve())
         # Each worker keeps its own metrics; they are summed through a shared directory.
         with multiprocess_directory(workers):
-            uvicorn.run(
-                "llmrelay.app:app_from_environment", factory=True, workers=workers, **common
-            )
+            status = supervise(workers, sock, _worker_main, kill_after=GRACEFUL_SECONDS + 15)
+    sock.close()
+    if status:
+        sys.exit(status)
 
 
-def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+GRACEFUL_SECONDS = 30.0
+"""How long SIGTERM lets requests in flight finish before they are cancelled."""
+
+
+def _worker_main(sock: socket.socket) -> int:
+    """One worker of ``--workers N``, after the fork: its own application on the shared socket."""
+    from llmrelay.app import app_from_environment
+    from llmrelay.server import run
+
+    host, port = sock.getsockname()[:2]
+    return run(
+        app_from_environment, host=host, port=port, sock=sock, graceful_seconds=GRACEFUL_SECONDS
+    )
 
 
 def _print_welcome(settings: Settings, host: str, port: int, admin_secret: str | None) -> None:

@@ -15,11 +15,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
-import uvicorn
-
 from llmrelay.accounting.records import LedgerRow
 from llmrelay.app import App, create_app
 from llmrelay.config import Settings
+from llmrelay.server import Server
 from llmrelay.testing.emulator import EmulatorServer, RecordedRequest
 
 T = TypeVar("T")
@@ -83,14 +82,13 @@ class ThreadedEmulator:
 
 @dataclass
 class RunningGateway:
-    """A gateway served by uvicorn on loopback, with its admin key."""
+    """A gateway served on loopback by the gateway's own server, with its admin key."""
 
     app: App
     base_url: str
     admin_key: str
     _thread: LoopThread
-    _server: uvicorn.Server
-    _serving: Future[None]
+    server: Server
 
     def call(self, awaitable: Awaitable[T], timeout: float = 30.0) -> T:
         """Run a coroutine on the gateway's own loop (to read its store, flush its ledger...)."""
@@ -129,9 +127,8 @@ class RunningGateway:
         return self.call(rows())
 
     def stop(self) -> None:
-        self._server.should_exit = True
         try:
-            self._serving.result(timeout=30)
+            self._thread.run(self.server.shutdown(), timeout=30)
         finally:
             self._thread.stop()
 
@@ -146,28 +143,12 @@ def start_gateway(settings: Settings, admin_key: str = "lr-test-admin-key") -> R
     """Start a gateway for ``settings`` and wait until it accepts connections."""
     thread = LoopThread("gateway")
     app = create_app(settings)
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        http="httptools",
-        loop="none",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.run_coroutine_threadsafe(server.serve(), thread.loop)
+    server = Server(app, host="127.0.0.1", port=0, graceful_seconds=5)
 
-    async def until_started() -> None:
+    async def start() -> None:
         async with asyncio.timeout(20):
-            while not server.started:
-                if serving.done():
-                    serving.result()
-                await asyncio.sleep(0.01)
+            await server.start()
         await app.keys.ensure_admin(admin_key)
 
-    thread.run(until_started())
-    return RunningGateway(app, f"http://127.0.0.1:{port}", admin_key, thread, server, serving)
+    thread.run(start())
+    return RunningGateway(app, f"http://127.0.0.1:{server.port}", admin_key, thread, server)
