@@ -1,9 +1,10 @@
 """One HTTP/1.1 connection: httptools parses, an ASGI application answers.
 
 This is the gateway's own server protocol rather than uvicorn's: on a trivial application uvicorn
-spent 25-27 µs of CPU per request at 64 in flight where this spends 16-17 (docs/performance.md). Here a request costs one
-scope dict, one cycle object and one task; a response is one ``transport.write`` when its head and
-body are known together (every JSON answer), and one per ``send`` while streaming.
+spent 25-27 µs of CPU per request at 64 in flight where this spends 16-17 (docs/performance.md).
+Here a request costs one scope dict, one cycle object and one task; a response is one
+``transport.write`` when its head and body are known together (every JSON answer), and one per
+``send`` while streaming.
 
 What it implements of HTTP/1.1 (RFC 9112): persistent connections and pipelining (answered in
 order), chunked and ``Content-Length`` bodies both ways, ``Expect: 100-continue``, HEAD, HTTP/1.0
