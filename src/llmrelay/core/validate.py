@@ -14,6 +14,9 @@ from llmrelay.core.errors import InvalidRequest
 from llmrelay.core.types import ChatRequest, JSONObject
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Roles whose message with string content needs no check beyond its role (a tool message
+# needs its tool_call_id).
+_TEXT_ROLES = _ROLES - {"tool"}
 _PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
 
 
@@ -85,47 +88,59 @@ def _check_messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages")
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"'{where}' must be an object", param=where)
-        role = message.get("role")
-        if role not in _ROLES:
-            raise InvalidRequest(
-                f"'{where}.role' must be one of system, developer, user, assistant, tool",
-                param=f"{where}.role",
-            )
-        content = message.get("content")
-        if content is None:
-            if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
-                continue
-            if role == "assistant":
-                continue
-            raise InvalidRequest(f"'{where}.content' is required", param=f"{where}.content")
-        if isinstance(content, str):
-            pass
-        elif isinstance(content, list):
-            for j, part in enumerate(content):
-                part_where = f"{where}.content[{j}]"
-                if not isinstance(part, dict) or part.get("type") not in _PART_TYPES:
-                    raise InvalidRequest(
-                        f"'{part_where}' must be a content part with a type of text, image_url, "
-                        "input_audio or file",
-                        param=part_where,
-                    )
-                if part["type"] == "text" and not isinstance(part.get("text"), str):
-                    raise InvalidRequest(
-                        f"'{part_where}.text' must be a string", param=f"{part_where}.text"
-                    )
-        else:
-            raise InvalidRequest(
-                f"'{where}.content' must be a string or an array of content parts",
-                param=f"{where}.content",
-            )
-        if role == "tool" and not isinstance(message.get("tool_call_id"), str):
-            raise InvalidRequest(
-                f"'{where}.tool_call_id' is required on a tool message",
-                param=f"{where}.tool_call_id",
-            )
+        # The usual message (a known role, text content) is checked without building a name
+        # for it; anything else is checked in full by _check_message.
+        if (
+            type(message) is dict
+            and type(message.get("content")) is str
+            and message.get("role") in _TEXT_ROLES
+        ):
+            continue
+        _check_message(i, message)
+
+
+def _check_message(i: int, message: Any) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(message, dict):
+        raise InvalidRequest(f"'{where}' must be an object", param=where)
+    role = message.get("role")
+    if role not in _ROLES:
+        raise InvalidRequest(
+            f"'{where}.role' must be one of system, developer, user, assistant, tool",
+            param=f"{where}.role",
+        )
+    content = message.get("content")
+    if content is None:
+        if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
+            return
+        if role == "assistant":
+            return
+        raise InvalidRequest(f"'{where}.content' is required", param=f"{where}.content")
+    if isinstance(content, str):
+        pass
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            part_where = f"{where}.content[{j}]"
+            if not isinstance(part, dict) or part.get("type") not in _PART_TYPES:
+                raise InvalidRequest(
+                    f"'{part_where}' must be a content part with a type of text, image_url, "
+                    "input_audio or file",
+                    param=part_where,
+                )
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise InvalidRequest(
+                    f"'{part_where}.text' must be a string", param=f"{part_where}.text"
+                )
+    else:
+        raise InvalidRequest(
+            f"'{where}.content' must be a string or an array of content parts",
+            param=f"{where}.content",
+        )
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise InvalidRequest(
+            f"'{where}.tool_call_id' is required on a tool message",
+            param=f"{where}.tool_call_id",
+        )
 
 
 def _check_tools(body: JSONObject) -> None:
