@@ -346,13 +346,15 @@ class HttpProtocol(asyncio.Protocol):
             if offset < len(data):
                 self.data_received(data[offset:])
         except httptools.HttpParserError as exc:
-            self._reject(400, "invalid_request_error", f"malformed HTTP request: {exc}")
-        except _HeadTooLarge:
-            self._reject(
-                431,
-                "invalid_request_error",
-                f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes",
-            )
+            # httptools wraps what a callback raised in a parser error of its own.
+            if isinstance(exc.__cause__ or exc.__context__, _HeadTooLarge):
+                self._reject(
+                    431,
+                    "invalid_request_error",
+                    f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes",
+                )
+            else:
+                self._reject(400, "invalid_request_error", f"malformed HTTP request: {exc}")
 
     def eof_received(self) -> bool | None:
         return False  # a half-closed client gets no answer it could read: close
