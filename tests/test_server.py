@@ -376,9 +376,7 @@ async def test_shutdown_lets_a_request_in_flight_finish_and_refuses_new_ones() -
     idle_writer.close()
 
 
-def test_serve_with_two_workers_answers_replaces_a_dead_worker_and_exits_cleanly(
-    tmp_path: Path,
-) -> None:
+def start_workers(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path, dict[str, str]]:
     port = free_port()
     env = {
         **os.environ,
@@ -393,32 +391,41 @@ def test_serve_with_two_workers_answers_replaces_a_dead_worker_and_exits_cleanly
              "--port", str(port), "--workers", "2", "--log-level", "info"],
             stdout=output, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
         )  # fmt: skip
+    return process, port, log, env
+
+
+def workers_of(process: subprocess.Popen[bytes]) -> list[int]:
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
+    return [int(pid) for pid in children.split()]
+
+
+def wait_until_serving(process: subprocess.Popen[bytes], port: int, log: Path, count: int) -> None:
+    """Until two workers run, ``count`` of them have said so, and /health answers."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, log.read_text()
+        with contextlib.suppress(httpx.TransportError):
+            if (
+                len(workers_of(process)) == 2
+                and log.read_text().count("serving on") >= count
+                and httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+            ):
+                return
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def test_serve_with_two_workers_answers_replaces_a_dead_worker_and_exits_cleanly(
+    tmp_path: Path,
+) -> None:
+    process, port, log, env = start_workers(tmp_path)
     try:
-
-        def workers() -> list[int]:
-            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
-            return [int(pid) for pid in children.split()]
-
-        def wait_until_serving(count: int) -> None:
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.poll() is None, log.read_text()
-                with contextlib.suppress(httpx.TransportError):
-                    if (
-                        len(workers()) == 2
-                        and log.read_text().count("serving on") >= count
-                        and httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
-                    ):
-                        return
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-
-        wait_until_serving(2)
-        first = workers()
+        wait_until_serving(process, port, log, 2)
+        first = workers_of(process)
         os.kill(first[0], signal.SIGKILL)
-        wait_until_serving(3)  # a third "serving on": the replacement
-        assert first[0] not in workers()
-        assert first[1] in workers()
+        wait_until_serving(process, port, log, 3)  # a third "serving on": the replacement
+        assert first[0] not in workers_of(process)
+        assert first[1] in workers_of(process)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             for _ in range(10):
                 response = client.post(
@@ -431,5 +438,29 @@ def test_serve_with_two_workers_answers_replaces_a_dead_worker_and_exits_cleanly
         assert process.wait(timeout=30) == 0, log.read_text()
     finally:
         if process.poll() is None:
-            process.kill()
+            process.kill()  # the workers die with it (PR_SET_PDEATHSIG)
             process.wait()
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    process, port, log, _ = start_workers(tmp_path)
+    try:
+        wait_until_serving(process, port, log, 2)
+        workers = workers_of(process)
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        # Still alive: a zombie (reaped by init soon) no longer serves; a live one must go.
+        states = [
+            Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+            for pid in workers
+            if Path(f"/proc/{pid}").exists()
+        ]
+        if all(state == "Z" for state in states):
+            break
+        assert time.monotonic() < deadline, f"workers {workers} outlived their supervisor"
+        time.sleep(0.1)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)

@@ -8,10 +8,12 @@ exits 0 when all of them did.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 
@@ -33,10 +35,12 @@ def supervise(
     started_at: dict[int, float] = {}  # slot -> last fork
 
     def spawn(slot: int) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             status = 1
             try:
+                _die_with(parent)
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -85,6 +89,19 @@ def supervise(
         return 1 if failed else 0
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+
+
+def _die_with(parent: int) -> None:
+    """A worker gets SIGTERM (a graceful shutdown) when its supervisor dies, even by SIGKILL,
+    instead of serving on as an orphan nobody will stop."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _signal_all(children: dict[int, int], signum: int) -> None:
