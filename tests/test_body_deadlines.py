@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -52,3 +53,22 @@ async def test_a_cancellation_that_is_not_the_deadline_stays_a_cancellation() ->
         await task
     assert not deadlines._pending
     assert not deadlines._expired
+
+
+def test_an_app_served_on_a_second_loop_still_times_bodies_out() -> None:
+    deadlines = BodyDeadlines()
+
+    async def cut_short() -> None:
+        # Leaves the timer armed 0.5 s ahead on this loop, which then closes.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_request(deadlines, None).body(1024, 0.5), 0.01)
+
+    async def read() -> str:
+        try:
+            body = await asyncio.wait_for(_request(deadlines, None).body(1024, 0.6), 3.0)
+        except RequestTimeout:
+            return "408"
+        return body.decode()
+
+    asyncio.run(cut_short())
+    assert asyncio.run(read()) == "408"

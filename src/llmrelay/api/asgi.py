@@ -44,19 +44,21 @@ class BodyDeadlines:
     is due at the earliest deadline and, when it fires, cancels the reads past theirs.
     """
 
-    __slots__ = ("_expired", "_pending", "_timer", "_timer_at")
+    __slots__ = ("_expired", "_pending", "_timer", "_timer_at", "_timer_loop")
 
     def __init__(self) -> None:
         self._pending: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, task: asyncio.Task[Any], time_limit: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + time_limit
         self._pending[task] = deadline
-        if self._timer is None or deadline < self._timer_at:
+        # Another loop than the timer's: an app served again after its first loop closed.
+        if self._timer is None or deadline < self._timer_at or loop is not self._timer_loop:
             self._arm(loop, deadline)
 
     def discard(self, task: asyncio.Task[Any]) -> None:
@@ -73,6 +75,7 @@ class BodyDeadlines:
             self._timer.cancel()
         self._timer = loop.call_at(when, self._fire, loop)
         self._timer_at = when
+        self._timer_loop = loop
 
     def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
