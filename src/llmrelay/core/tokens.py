@@ -18,7 +18,10 @@ _PER_IMAGE = 765  # what OpenAI bills a high-detail 512px tile set; a fair middl
 def estimate_text_tokens(text: str) -> int:
     if not text:
         return 0
-    return max(1, -(-len(text.encode("utf-8")) // _BYTES_PER_TOKEN))
+    # Every request's prompt is counted (its credit reservation): an ASCII string (a flag
+    # CPython keeps, so no scan) has as many UTF-8 bytes as characters, without encoding a copy.
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    return max(1, -(-size // _BYTES_PER_TOKEN))
 
 
 def message_text(message: JSONObject) -> str:
